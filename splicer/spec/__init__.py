@@ -1,0 +1,6 @@
+"""The spec language and its loader."""
+
+from splicer.spec.loader import load_spec, spec_from_dict
+from splicer.spec.schema import DataSpec, DistillSpec, LossSpec, NetworkSpec, Spec, TrainSpec
+
+__all__ = ["DataSpec", "DistillSpec", "LossSpec", "NetworkSpec", "Spec", "TrainSpec", "load_spec", "spec_from_dict"]

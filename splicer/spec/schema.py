@@ -1,0 +1,158 @@
+"""The spec language: what a user writes in YAML, as pydantic models.
+
+Every model forbids unknown keys so that a typo is an error, not a silently ignored
+setting. Defaults follow the paper's CIFAR-100 recipe (section 4.1 and 7.1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MODEL_SOURCES = ("cifar", "timm", "torchvision", "python")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NetworkSpec(_Strict):
+    """One network (teacher or student) and where to cut it into blocks."""
+
+    model: str = Field(
+        description="Model reference: cifar:NAME, timm:NAME, torchvision:NAME or python:MODULE:FACTORY.",
+        examples=["cifar:vgg13", "timm:resnet18", "torchvision:resnet34", "python:mypkg.nets:make_net"],
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments passed to the model factory.")
+    checkpoint: str | None = Field(
+        default=None, description="Optional local state_dict file loaded with weights_only=True."
+    )
+    blocks: list[str] | Literal["auto"] = Field(
+        default="auto",
+        description="Block ends, in order: fx node names or module paths. The last one is the output of the "
+        "last feature block, just before the classification head. 'auto' picks stage ends.",
+    )
+    num_blocks: int | None = Field(
+        default=None, ge=2, description="With blocks: auto, how many blocks to cut (default: one per stage)."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        source, sep, name = value.partition(":")
+        if not sep or not name:
+            raise ValueError(
+                f"model reference {value!r} needs the form SOURCE:NAME with SOURCE one of {', '.join(MODEL_SOURCES)}"
+            )
+        if source not in MODEL_SOURCES:
+            raise ValueError(f"unknown model source {source!r}; valid sources: {', '.join(MODEL_SOURCES)}")
+        return value
+
+    @field_validator("blocks")
+    @classmethod
+    def _enough_blocks(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list):
+            if len(value) < 2:
+                raise ValueError("an SFTN needs at least 2 blocks (one branch); list at least 2 block ends")
+            if len(set(value)) != len(value):
+                raise ValueError("block ends must be distinct")
+        return value
+
+
+class LossSpec(_Strict):
+    """Stage-1 loss: L = teacher_ce*CE(z_T) + branch_kl*mean_i KL + branch_ce*mean_i CE(z_R^i)."""
+
+    teacher_ce: float = Field(1.0, ge=0, description="lambda_T: weight of the teacher's cross-entropy.")
+    branch_kl: float = Field(3.0, ge=0, description="lambda_KL: weight of the mean branch KL (CIFAR 3, ImageNet 1).")
+    branch_ce: float = Field(1.0, ge=0, description="lambda_CE: weight of the mean branch cross-entropy.")
+    tau: float = Field(1.0, gt=0, description="Softmax temperature of the KL term.")
+    kl_direction: Literal["teacher_branch", "branch_teacher"] = Field(
+        "teacher_branch",
+        description="teacher_branch: KL(q_T || q_R), teacher as the target, as the common CIFAR code computes it "
+        "(F.kl_div(log q_R, q_T)). branch_teacher: KL(q_R || q_T), as the paper's equation 4 is written.",
+    )
+
+
+class DataSpec(_Strict):
+    """Where the images come from and how they are prepared."""
+
+    dataset: Literal["synthetic", "cifar10", "cifar100", "imagefolder"] = "synthetic"
+    root: str | None = Field(None, description="Data folder (cifar10/cifar100/imagefolder).")
+    download: bool = Field(False, description="Let torchvision download CIFAR into root when it is missing.")
+    resize: int | None = Field(
+        None, ge=4, description="Average-pool or resize images to this side length (a cheaper input)."
+    )
+    train_subset: int | None = Field(None, ge=1, description="Use only this many training images.")
+    val_split: int = Field(
+        0, ge=0, description="Hold out this many training images as a validation split (evaluated instead of test)."
+    )
+    augment: bool = Field(True, description="Random crop (4-pixel padding) and horizontal flip on training batches.")
+    workers: int = Field(4, ge=0, description="DataLoader workers for large (ImageNet-style) images.")
+    synthetic_train: int = Field(2048, ge=16, description="Synthetic task: training images.")
+    synthetic_test: int = Field(512, ge=16, description="Synthetic task: test images.")
+
+
+_CIFAR_RECIPE = dict(
+    epochs=240, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4, milestones=[150, 180, 210], gamma=0.1
+)
+_IMAGENET_RECIPE = dict(
+    epochs=100, batch_size=256, lr=0.1, momentum=0.9, weight_decay=1e-4, milestones=[30, 60, 90], gamma=0.1
+)
+
+
+class TrainSpec(_Strict):
+    """Optimisation recipe. `recipe` picks the paper's defaults; any field given overrides them."""
+
+    recipe: Literal["cifar", "imagenet"] = "cifar"
+    epochs: int = Field(240, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    milestones: list[int] = Field(default_factory=lambda: [150, 180, 210])
+    gamma: float = Field(0.1, gt=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval_every: int = Field(1, ge=1, description="Evaluate every this many epochs (and always at the end).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_recipe(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            recipe = _IMAGENET_RECIPE if data.get("recipe") == "imagenet" else _CIFAR_RECIPE
+            data = {**recipe, **data}
+        return data
+
+
+class DistillSpec(_Strict):
+    """Stage 2: how a fresh student learns from the frozen teacher."""
+
+    methods: list[str] = Field(default_factory=lambda: ["kd"], description="Methods `splicer run` compares.")
+    ce_weight: float = Field(0.1, ge=0, description="Weight of the student's cross-entropy with the labels.")
+    kd_weight: float = Field(0.9, ge=0, description="Weight of the KD term (T^2 * KL(q_T || q_S) at temperature kd_tau).")
+    kd_tau: float = Field(4.0, gt=0, description="Temperature of the KD term.")
+    feature_weight: float | None = Field(
+        None, ge=0, description="Weight of a feature method's loss (default: the method's, FitNets 100, AT 1000)."
+    )
+
+
+class Spec(_Strict):
+    """A teacher/student pair and everything needed to compile and train its SFTN."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Name of the pair; used for output folders.")
+    num_classes: int = Field(ge=2)
+    input_size: tuple[int, int, int] = Field(description="C, H, W of one input image.")
+    teacher: NetworkSpec
+    student: NetworkSpec
+    loss: LossSpec = Field(default_factory=LossSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    distill: DistillSpec = Field(default_factory=DistillSpec)
+
+    @field_validator("input_size")
+    @classmethod
+    def _positive(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(value) < 1:
+            raise ValueError("input_size needs three positive integers: channels, height, width")
+        return value
