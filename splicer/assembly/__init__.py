@@ -1,0 +1,1 @@
+"""Assemble blocks and transforms into an SFTN."""

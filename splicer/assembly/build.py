@@ -1,0 +1,238 @@
+"""The compiler pipeline: spec -> models -> traced graphs -> blocks -> transforms -> SFTN.
+
+``compile_spec`` keeps every intermediate result (cut points, resolved block ends, shapes,
+transform plans, timings) in a :class:`BuildResult`, from which reports and the standalone
+source are emitted; ``build`` returns just the module.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+
+from splicer.assembly.modules import SFTN, BlockNet, Branch
+from splicer.errors import CutError, SplicerError
+from splicer.models.registry import create_model
+from splicer.spec import Spec, load_spec
+from splicer.spec.schema import NetworkSpec
+from splicer.synthesis.transforms import Transform, TransformPlan, plan_transform
+from splicer.trace.cuts import CutPoint, find_cut_points, resolve_block_ends
+from splicer.trace.partition import split_graph
+from splicer.trace.shapes import propagate_shapes, tensor_shape
+from splicer.trace.stages import auto_block_ends
+from splicer.trace.tracer import TracedModel, trace_model
+
+EQUIVALENCE_TOLERANCE = 1e-5
+
+
+@dataclass
+class NetworkPlan:
+    """What the compiler learnt about one network (teacher or student)."""
+
+    role: str
+    reference: str
+    model: nn.Module
+    traced: TracedModel
+    cut_points: list[CutPoint]
+    block_ends: list[CutPoint]
+    parts: list[fx.GraphModule]  # blocks, then the head
+    auto: bool
+
+    @property
+    def block_shapes(self) -> list[tuple[int, ...]]:
+        return [c.shape for c in self.block_ends]
+
+    @property
+    def block_labels(self) -> list[str]:
+        return [c.label for c in self.block_ends]
+
+
+@dataclass
+class BuildResult:
+    """An SFTN and everything decided while compiling it."""
+
+    spec: Spec
+    source: str
+    sftn: SFTN
+    teacher: NetworkPlan
+    student: NetworkPlan
+    transforms: list[TransformPlan]
+    equivalence_error: float | None
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def resolved_spec(self) -> Spec:
+        """The spec with automatic choices written out, for a user to copy and edit."""
+        spec = self.spec.model_copy(deep=True)
+        spec.teacher.blocks = self.teacher.block_labels
+        spec.student.blocks = self.student.block_labels
+        spec.teacher.num_blocks = spec.student.num_blocks = None
+        return spec
+
+
+def build(spec_or_path: Spec | str | Path, verify: bool = True) -> SFTN:
+    """Compile a spec (or the spec file at a path) into an SFTN module."""
+    return compile_spec(spec_or_path, verify=verify).sftn
+
+
+def compile_spec(spec_or_path: Spec | str | Path, verify: bool = True) -> BuildResult:
+    """Run the whole compiler; with ``verify``, check the result numerically (see :func:`verify_build`)."""
+    start = time.perf_counter()
+    if isinstance(spec_or_path, Spec):
+        spec, source = spec_or_path, "<spec>"
+    else:
+        spec, source = load_spec(spec_or_path), str(spec_or_path)
+    teacher = plan_network(spec, spec.teacher, "teacher", source)
+    student = plan_network(spec, spec.student, "student", source)
+    notes: list[str] = []
+    _pair_blocks(teacher, student, spec, source, notes)
+    transforms = [
+        plan_transform(teacher.block_shapes[i], student.block_shapes[i]) for i in range(len(teacher.block_ends) - 1)
+    ]
+    notes += [f"T^{i + 1}: {plan.note}" for i, plan in enumerate(transforms) if plan.note]
+    sftn = assemble(spec, teacher, student, transforms)
+    result = BuildResult(spec, source, sftn, teacher, student, transforms, None, 0.0, notes)
+    if verify:
+        result.equivalence_error = verify_build(result)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def plan_network(spec: Spec, network: NetworkSpec, role: str, source: str) -> NetworkPlan:
+    """Create, trace, shape-propagate and cut one network."""
+    model = create_model(network.model, spec.num_classes, network.kwargs, network.checkpoint)
+    traced = trace_model(model, name=f"{role} {network.model}")
+    try:
+        propagate_shapes(traced.graph_module, spec.input_size)
+    except SplicerError as exc:
+        raise SplicerError(f"{source}: {role}.model: {exc}") from None
+    cut_points = find_cut_points(traced)
+    where = f"{source}: {role}.blocks"
+    if network.blocks == "auto":
+        ends = auto_block_ends(traced, cut_points, network.num_blocks)
+        if len(ends) < 2:
+            raise CutError(
+                f"{where}: auto found {len(ends)} stage end(s) in {network.model}; an SFTN needs at least 2. "
+                "List block ends by hand (see `splicer inspect`)."
+            )
+    else:
+        nodes = resolve_block_ends(traced, network.blocks, cut_points, where)
+        by_node = {c.node: c for c in cut_points}
+        ends = [by_node[n.name] for n in nodes]
+        for index, end in enumerate(ends):
+            if len(end.shape) != 3:
+                raise CutError(
+                    f"{where}[{index}]: {network.blocks[index]!r} has shape {end.shape}; a block end must be a "
+                    "feature map (channels, height, width)"
+                )
+    node_by_name = {n.name: n for n in traced.nodes}
+    parts = split_graph(traced.graph_module, [node_by_name[c.node] for c in ends])
+    return NetworkPlan(role, network.model, model, traced, cut_points, ends, parts, network.blocks == "auto")
+
+
+def _pair_blocks(teacher: NetworkPlan, student: NetworkPlan, spec: Spec, source: str, notes: list[str]) -> None:
+    """Teacher block i feeds student block i+1: both networks need the same number of blocks."""
+    n_t, n_s = len(teacher.block_ends), len(student.block_ends)
+    if n_t == n_s:
+        return
+    if not (teacher.auto or student.auto):
+        raise CutError(
+            f"{source}: teacher.blocks lists {n_t} block ends and student.blocks {n_s}; "
+            "teacher and student need the same number of blocks"
+        )
+    # An automatic side keeps its deepest stages to match the other side.
+    n = min(n_t, n_s)
+    for plan, spec_net in ((teacher, spec.teacher), (student, spec.student)):
+        if len(plan.block_ends) > n:
+            if not plan.auto:
+                raise CutError(
+                    f"{source}: {plan.role}.blocks lists {len(plan.block_ends)} block ends but the other network "
+                    f"has only {n} stages; list {n} block ends"
+                )
+            dropped = [c.label for c in plan.block_ends[:-n]]
+            notes.append(f"{plan.role}: auto kept its last {n} stages to pair with the other network (merged {', '.join(dropped)})")
+            kept = plan.block_ends[-n:]
+            node_by_name = {nd.name: nd for nd in plan.traced.nodes}
+            plan.block_ends = kept
+            plan.parts = split_graph(plan.traced.graph_module, [node_by_name[c.node] for c in kept])
+
+
+def assemble(spec: Spec, teacher: NetworkPlan, student: NetworkPlan, transforms: list[TransformPlan]) -> SFTN:
+    """Teacher blocks + one branch per teacher block but the last, with fresh student blocks."""
+    teacher_net = BlockNet(teacher.parts[:-1], teacher.parts[-1], clone_inputs=_clone_flags(teacher.parts[:-1]))
+    node_by_name = {n.name: n for n in student.traced.nodes}
+    cut_nodes = [node_by_name[c.node] for c in student.block_ends]
+    branches = []
+    for i, plan in enumerate(transforms):
+        # A fresh instance per branch: each branch starts from the student's own initialisation.
+        fresh = create_model(spec.student.model, spec.num_classes, spec.student.kwargs, spec.student.checkpoint)
+        parts = split_graph(student.traced.graph_module, cut_nodes, root=fresh)
+        branches.append(Branch(Transform(plan), parts[i + 1 : -1], parts[-1]))
+    return SFTN(teacher_net, branches)
+
+
+def build_student(spec: Spec | str | Path) -> BlockNet:
+    """A fresh student cut at its block ends: logits and block features for stage-2 distillation."""
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    plan = plan_network(spec, spec.student, "student", "<spec>")
+    return BlockNet(plan.parts[:-1], plan.parts[-1], clone_inputs=_clone_flags(plan.parts[:-1]))
+
+
+def verify_build(result: BuildResult) -> float:
+    """Check the SFTN numerically; returns the teacher's max abs difference.
+
+    In eval mode, on a seeded random batch: the teacher's blocks in sequence must reproduce
+    the original teacher's logits, every transform must give the student's expected shape,
+    and every branch must give logits of the right shape.
+    """
+    spec, sftn = result.spec, result.sftn
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *spec.input_size, generator=generator)
+    original = result.teacher.model
+    modes = (original.training, sftn.training)
+    original.eval()
+    sftn.eval()
+    try:
+        with torch.no_grad():
+            expected = original(x)
+            out = sftn(x)
+            for i, (branch, plan) in enumerate(zip(sftn.branches, result.transforms)):
+                shape = tuple(branch.transform(out.teacher_features[i]).shape[1:])
+                if shape != plan.target:
+                    raise SplicerError(f"internal error: transform T^{i + 1} gives {shape}, expected {plan.target}")
+    finally:
+        original.train(modes[0])
+        sftn.train(modes[1])
+    error = (out.teacher_logits - expected).abs().max().item()
+    if error > EQUIVALENCE_TOLERANCE:
+        raise SplicerError(
+            f"{result.source}: the teacher's blocks run in sequence differ from {spec.teacher.model} by {error:.3g} "
+            f"(tolerance {EQUIVALENCE_TOLERANCE}); the traced graph does not reproduce the model"
+        )
+    for i, logits in enumerate(out.branch_logits):
+        if tuple(logits.shape) != (2, spec.num_classes):
+            raise SplicerError(f"internal error: branch {i + 1} gives logits of shape {tuple(logits.shape)}")
+    return error
+
+
+def _clone_flags(blocks: list[fx.GraphModule]) -> list[bool]:
+    """Which blocks modify their input in place, so their input must be copied first."""
+    flags = []
+    for block in blocks:
+        placeholder = next(n for n in block.graph.nodes if n.op == "placeholder")
+        flags.append(any(_is_inplace(block, user) for user in placeholder.users))
+    return flags
+
+
+def _is_inplace(block: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return bool(getattr(block.get_submodule(node.target), "inplace", False))
+    if node.op == "call_method":
+        return str(node.target).endswith("_") and not str(node.target).startswith("_")
+    if node.op == "call_function":
+        return bool(node.kwargs.get("inplace", False)) or getattr(node.target, "__name__", "").endswith("_")
+    return False

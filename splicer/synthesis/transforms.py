@@ -1,0 +1,116 @@
+"""Transform layers T^i: map a teacher feature to the shape a student block expects.
+
+The paper's rule (section 3.1): a 1x1 conv when the spatial size is equal, a 3x3 conv with
+stride r to shrink by r, a transposed conv (kernel 2r, stride r) to grow by r; each followed
+by BN and ReLU. Height and width are planned independently, so non-square maps work. Where
+no integer ratio fits, a 1x1 conv maps channels and adaptive average pooling (shrink) or
+bilinear resizing (grow) sets the size; the plan says so, and the build report shows it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+Shape = tuple[int, int, int]
+Kind = Literal["equal", "shrink", "grow", "resize"]
+
+
+@dataclass(frozen=True)
+class TransformPlan:
+    """How one teacher feature (C, H, W) is mapped to a student input (C', H', W')."""
+
+    source: Shape
+    target: Shape
+    kind: Kind
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    note: str = ""
+
+    def describe(self) -> str:
+        """One line for reports, e.g. ``3x3 conv stride 2: 128x32x32 -> 64x16x16``."""
+        src = "x".join(map(str, self.source))
+        dst = "x".join(map(str, self.target))
+        k = "x".join(map(str, self.kernel))
+        stride = self.stride[0] if self.stride[0] == self.stride[1] else "x".join(map(str, self.stride))
+        layer = {
+            "equal": f"{k} conv",
+            "shrink": f"{k} conv stride {stride}",
+            "grow": f"{k} transposed conv stride {stride}",
+            "resize": f"{k} conv + adaptive resize",
+        }[self.kind]
+        text = f"{layer}: {src} -> {dst}"
+        return f"{text} ({self.note})" if self.note else text
+
+
+def _axis(source: int, target: int) -> tuple[str, int] | None:
+    """How one spatial axis maps: ('equal'|'shrink'|'grow', ratio), None when no integer ratio fits."""
+    if source == target:
+        return "equal", 1
+    if source > target and source % target == 0:
+        return "shrink", source // target
+    if target > source and target % source == 0:
+        return "grow", target // source
+    return None
+
+
+def plan_transform(source: Shape, target: Shape) -> TransformPlan:
+    """Choose the transform from teacher feature ``source`` to student input ``target``."""
+    axes = [_axis(source[1], target[1]), _axis(source[2], target[2])]
+    directions = {axis[0] for axis in axes if axis is not None and axis[0] != "equal"}
+    if None in axes or len(directions) > 1:
+        note = f"no integer ratio maps {source[1]}x{source[2]} to {target[1]}x{target[2]}"
+        if None not in axes:
+            note = f"height and width scale in opposite directions ({source[1]}x{source[2]} -> {target[1]}x{target[2]})"
+        return TransformPlan(source, target, "resize", (1, 1), (1, 1), (0, 0), note)
+    ratios = tuple(axis[1] for axis in axes)
+    if not directions:
+        return TransformPlan(source, target, "equal", (1, 1), (1, 1), (0, 0))
+    (direction,) = directions
+    if direction == "shrink":
+        return TransformPlan(source, target, "shrink", (3, 3), ratios, (1, 1))
+    # Grow: kernel 2r with padding r/2 gives exactly r*H; odd r uses kernel r, no padding.
+    kernel = tuple(2 * r if r % 2 == 0 else r for r in ratios)
+    padding = tuple(r // 2 if r % 2 == 0 else 0 for r in ratios)
+    return TransformPlan(source, target, "grow", kernel, ratios, padding)
+
+
+class Resize(nn.Module):
+    """Adaptive average pooling to shrink, bilinear interpolation to grow, to a fixed size."""
+
+    def __init__(self, size: tuple[int, int], grow: bool) -> None:
+        super().__init__()
+        self.size = size
+        self.grow = grow
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.grow:
+            return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+        return F.adaptive_avg_pool2d(x, self.size)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, grow={self.grow}"
+
+
+class Transform(nn.Sequential):
+    """Conv (or transposed conv) + BN + ReLU, built from a :class:`TransformPlan`."""
+
+    def __init__(self, plan: TransformPlan) -> None:
+        c_in, c_out = plan.source[0], plan.target[0]
+        if plan.kind == "grow":
+            conv: nn.Module = nn.ConvTranspose2d(
+                c_in, c_out, plan.kernel, stride=plan.stride, padding=plan.padding, bias=False
+            )
+        else:
+            conv = nn.Conv2d(c_in, c_out, plan.kernel, stride=plan.stride, padding=plan.padding, bias=False)
+        super().__init__()
+        self.conv = conv
+        self.bn = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        if plan.kind == "resize":
+            grow = plan.target[1] * plan.target[2] > plan.source[1] * plan.source[2]
+            self.resize = Resize((plan.target[1], plan.target[2]), grow)

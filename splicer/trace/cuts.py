@@ -1,0 +1,170 @@
+"""Where a traced model can be cut into blocks.
+
+A node is a valid cut point when it is the only value live across it: every later node
+depends on earlier ones only through it. Then the part of the graph before it and the part
+after it are two modules joined by one tensor, which is what a block boundary must be.
+Parameters and buffers (``get_attr``) are not values here: any block can fetch them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import fx
+
+from splicer.errors import CutError, closest
+from splicer.trace.shapes import tensor_shape
+from splicer.trace.tracer import TracedModel
+
+
+@dataclass(frozen=True)
+class CutPoint:
+    """A valid block end: the node, the module whose output it is (if any), its shape."""
+
+    node: str
+    module_path: str | None
+    shape: tuple[int, ...]
+    position: int
+    stage_end: bool = False
+
+    @property
+    def label(self) -> str:
+        """The name a user would write in a spec: the module path when there is one."""
+        return self.module_path or self.node
+
+
+def live_values(traced: TracedModel) -> list[list[fx.Node]]:
+    """For each node position, the values computed at or before it and used after it."""
+    nodes = traced.nodes
+    position = {node: i for i, node in enumerate(nodes)}
+    dies_at: dict[int, list[fx.Node]] = {}
+    for node in nodes:
+        if node.op in ("get_attr", "output") or not node.users:
+            continue
+        dies_at.setdefault(max(position[user] for user in node.users), []).append(node)
+    live: dict[fx.Node, None] = {}
+    result = []
+    for i, node in enumerate(nodes):
+        for dead in dies_at.get(i, []):
+            live.pop(dead, None)
+        if node.op not in ("get_attr", "output") and node.users:
+            live[node] = None
+        result.append(list(live))
+    return result
+
+
+def module_outputs(traced: TracedModel) -> dict[str, str]:
+    """Node name -> outermost module path whose last op that node is (``stage2`` for its ReLU)."""
+    modules = {name for name, _ in traced.graph_module.named_modules() if name}
+    last_node_of: dict[str, str] = {}
+    for node in traced.nodes:
+        qualname = traced.qualnames.get(node.name)
+        if not qualname or node.op == "get_attr":
+            continue
+        parts = qualname.split(".")
+        for depth in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:depth])
+            if prefix in modules:
+                last_node_of[prefix] = node.name
+    outermost: dict[str, str] = {}
+    for path, node_name in last_node_of.items():
+        if node_name not in outermost or path.count(".") < outermost[node_name].count("."):
+            outermost[node_name] = path
+    return outermost
+
+
+def find_cut_points(traced: TracedModel) -> list[CutPoint]:
+    """Every valid cut point of a shape-propagated graph, with stage ends marked.
+
+    A stage end is the last cut point before the spatial size changes (and the last spatial
+    cut point before the head): where the paper draws its block boundaries.
+    """
+    nodes = traced.nodes
+    live = live_values(traced)
+    outputs = module_outputs(traced)
+    output_node = nodes[-1]
+    logits = output_node.args[0] if output_node.args else None
+    found: list[CutPoint] = []
+    for i, node in enumerate(nodes):
+        if node.op in ("placeholder", "get_attr", "output") or node is logits:
+            continue
+        shape = tensor_shape(node)
+        if shape is None or live[i] != [node]:
+            continue
+        found.append(CutPoint(node.name, outputs.get(node.name), shape, i))
+    # Globally pooled maps (1x1 after a larger map) belong to the head, not to a stage.
+    spatial = [c for c in found if len(c.shape) == 3 and c.shape[1:] != (1, 1)]
+    marked = {
+        c.node
+        for c, nxt in zip(spatial, spatial[1:] + [None])
+        if nxt is None or nxt.shape[1:] != c.shape[1:]
+    }
+    return [
+        CutPoint(c.node, c.module_path, c.shape, c.position, c.node in marked) for c in found
+    ]
+
+
+def resolve_block_ends(
+    traced: TracedModel, names: list[str], cut_points: list[CutPoint], where: str
+) -> list[fx.Node]:
+    """Map the spec's block ends (node names or module paths) to graph nodes, checking each.
+
+    ``where`` prefixes error messages (``specs/x.yaml: teacher.blocks``).
+    """
+    nodes_by_name = {node.name: node for node in traced.nodes}
+    by_module = {path: node for node, path in module_outputs(traced).items()}
+    all_module_paths = _module_last_nodes(traced)
+    valid = {c.node: c for c in cut_points}
+    resolved: list[fx.Node] = []
+    for index, name in enumerate(names):
+        field = f"{where}[{index}]"
+        node_name = name if name in nodes_by_name else by_module.get(name) or all_module_paths.get(name)
+        if node_name is None:
+            choices = [c.label for c in cut_points] + [c.node for c in cut_points]
+            near = closest(name, choices, n=3)
+            hint = f"; closest valid cut points: {', '.join(near)}" if near else ""
+            raise CutError(
+                f"{field}: {name!r} is neither a node nor a module of the model{hint}. "
+                f"List the model's cut points with `splicer inspect`."
+            )
+        node = nodes_by_name[node_name]
+        if node_name not in valid:
+            raise CutError(f"{field}: {name!r} is not a valid block end: {_why_invalid(traced, node, cut_points)}")
+        resolved.append(node)
+    positions = [valid[n.name].position for n in resolved]
+    if positions != sorted(positions):
+        order = ", ".join(names[i] for i in sorted(range(len(names)), key=lambda i: positions[i]))
+        raise CutError(f"{where}: block ends must be listed in the order the model computes them: {order}")
+    return resolved
+
+
+def _module_last_nodes(traced: TracedModel) -> dict[str, str]:
+    """Module path -> its last node, for any module (also those whose output is not a cut point)."""
+    modules = {name for name, _ in traced.graph_module.named_modules() if name}
+    last: dict[str, str] = {}
+    for node in traced.nodes:
+        qualname = traced.qualnames.get(node.name, "")
+        parts = qualname.split(".")
+        for depth in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:depth])
+            if prefix in modules:
+                last[prefix] = node.name
+    return last
+
+
+def _why_invalid(traced: TracedModel, node: fx.Node, cut_points: list[CutPoint]) -> str:
+    nodes = traced.nodes
+    index = nodes.index(node)
+    output = nodes[-1]
+    if output.args and node is output.args[0]:
+        return "it is the model's output; the last block end must come before the classification head"
+    if tensor_shape(node) is None:
+        return "its value is not a single tensor"
+    crossing = [n.name for n in live_values(traced)[index] if n is not node]
+    before = [c for c in cut_points if c.position < index]
+    after = [c for c in cut_points if c.position > index]
+    nearest = [c.label for c in (before[-1:] + after[:1])]
+    where = f"; nearest valid cut points: {', '.join(nearest)}" if nearest else ""
+    return (
+        f"other values cross the cut there ({', '.join(crossing)}), e.g. inside a residual block{where}"
+    )

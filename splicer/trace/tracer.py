@@ -1,0 +1,77 @@
+"""Trace a model into a torch.fx graph, reusing torchvision's and timm's tracing helpers.
+
+torchvision's ``NodePathTracer`` records each node's module path (``layer1.0.relu``), which
+lets a user name a block end by module path. timm registers modules and functions that
+must stay opaque (their ``forward`` has shape-dependent control flow); when timm is loaded
+we pass its lists on, exactly as timm's own feature extractor does.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+from torchvision.models.feature_extraction import NodePathTracer
+
+from splicer.errors import UnsupportedModelError
+
+
+@dataclass
+class TracedModel:
+    """A traced model: its GraphModule and the module path of every node."""
+
+    graph_module: fx.GraphModule
+    qualnames: dict[str, str] = field(default_factory=dict)  # node name -> module path of the op
+
+    @property
+    def nodes(self) -> list[fx.Node]:
+        return list(self.graph_module.graph.nodes)
+
+
+def _timm_leaves() -> tuple[list[type[nn.Module]], list]:
+    """timm's not-traceable modules and functions; empty unless timm is already imported."""
+    if "timm" not in sys.modules:
+        return [], []
+    from timm.layers import _fx as timm_fx
+
+    return list(timm_fx.get_notrace_modules()), list(timm_fx.get_notrace_functions())
+
+
+def _concrete_defaults(model: nn.Module) -> dict[str, object]:
+    """Pin optional forward arguments (``attn_mask=None``) to their defaults.
+
+    Left symbolic they become placeholders that stay live to the end of the graph and make
+    every cut point look invalid.
+    """
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    return {
+        p.name: p.default
+        for p in params
+        if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def trace_model(model: nn.Module, name: str = "model") -> TracedModel:
+    """Symbolically trace ``model`` (x -> logits) keeping timm's leaf modules opaque."""
+    leaf_modules, autowrap = _timm_leaves()
+    tracer = NodePathTracer(leaf_modules=leaf_modules, autowrap_functions=tuple(autowrap))
+    try:
+        graph = tracer.trace(model, concrete_args=_concrete_defaults(model) or None)
+    except (torch.fx.proxy.TraceError, TypeError, RuntimeError, AttributeError, NotImplementedError) as exc:
+        raise UnsupportedModelError(
+            f"{name}: torch.fx cannot trace {type(model).__name__}: {exc}. splicer needs a model that "
+            "torch.fx can trace (no Python control flow on tensor values or shapes in forward); "
+            "register offending modules with timm.layers.register_notrace_module to keep them opaque."
+        ) from None
+    graph_module = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    qualnames = {node.name: qualname for node, qualname in tracer.node_to_qualname.items()}
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        names = ", ".join(p.name for p in placeholders)
+        raise UnsupportedModelError(
+            f"{name}: forward takes inputs {names}; splicer needs models whose forward takes one image batch"
+        )
+    return TracedModel(graph_module, qualnames)
