@@ -82,10 +82,8 @@ def build(spec_or_path: Spec | str | Path, verify: bool = True) -> SFTN:
 def compile_spec(spec_or_path: Spec | str | Path, verify: bool = True) -> BuildResult:
     """Run the whole compiler; with ``verify``, check the result numerically (see :func:`verify_build`)."""
     start = time.perf_counter()
-    if isinstance(spec_or_path, Spec):
-        spec, source = spec_or_path, "<spec>"
-    else:
-        spec, source = load_spec(spec_or_path), str(spec_or_path)
+    spec = spec_or_path if isinstance(spec_or_path, Spec) else load_spec(spec_or_path)
+    source = spec.source
     teacher = plan_network(spec, spec.teacher, "teacher", source)
     student = plan_network(spec, spec.student, "student", source)
     notes: list[str] = []
@@ -171,14 +169,15 @@ def assemble(spec: Spec, teacher: NetworkPlan, student: NetworkPlan, transforms:
         # A fresh instance per branch: each branch starts from the student's own initialisation.
         fresh = create_model(spec.student.model, spec.num_classes, spec.student.kwargs, spec.student.checkpoint)
         parts = split_graph(student.traced.graph_module, cut_nodes, root=fresh)
-        branches.append(Branch(Transform(plan), parts[i + 1 : -1], parts[-1]))
+        blocks = parts[i + 1 : -1]
+        branches.append(Branch(Transform(plan), blocks, parts[-1], clone_input=_clone_flags(blocks[:1])[0]))
     return SFTN(teacher_net, branches)
 
 
 def build_student(spec: Spec | str | Path) -> BlockNet:
     """A fresh student cut at its block ends: logits and block features for stage-2 distillation."""
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
-    plan = plan_network(spec, spec.student, "student", "<spec>")
+    plan = plan_network(spec, spec.student, "student", spec.source)
     return BlockNet(plan.parts[:-1], plan.parts[-1], clone_inputs=_clone_flags(plan.parts[:-1]))
 
 

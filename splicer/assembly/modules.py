@@ -41,16 +41,23 @@ class BlockNet(nn.Module):
 
 
 class Branch(nn.Module):
-    """Student branch i: transform T^i, fresh student blocks B_S^{i+1}..B_S^N, student head."""
+    """Student branch i: transform T^i, fresh student blocks B_S^{i+1}..B_S^N, student head.
 
-    def __init__(self, transform: nn.Module, blocks: list[nn.Module], head: nn.Module) -> None:
+    ``clone_input`` copies the transform's output when the first block modifies its input in
+    place (the transform's ReLU needs its output intact for the backward pass).
+    """
+
+    def __init__(self, transform: nn.Module, blocks: list[nn.Module], head: nn.Module, clone_input: bool = False) -> None:
         super().__init__()
         self.transform = transform
         self.blocks = nn.ModuleList(blocks)
         self.head = head
+        self.clone_input = clone_input
 
     def forward(self, feature: Tensor) -> Tensor:
         x = self.transform(feature)
+        if self.clone_input:
+            x = x.clone()
         for block in self.blocks:
             x = block(x)
         return self.head(x)

@@ -45,6 +45,7 @@ def spec_from_dict(data: Any, source: str = "<spec>") -> Spec:
         problem = check_model_reference(getattr(spec, role).model)
         if problem:
             raise SpecError(f"{source}: {role}.model: {problem}")
+    spec._source = source
     return spec
 
 

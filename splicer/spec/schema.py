@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 MODEL_SOURCES = ("cifar", "timm", "torchvision", "python")
 
@@ -66,11 +66,11 @@ class LossSpec(_Strict):
     teacher_ce: float = Field(1.0, ge=0, description="lambda_T: weight of the teacher's cross-entropy.")
     branch_kl: float = Field(3.0, ge=0, description="lambda_KL: weight of the mean branch KL (CIFAR 3, ImageNet 1).")
     branch_ce: float = Field(1.0, ge=0, description="lambda_CE: weight of the mean branch cross-entropy.")
-    tau: float = Field(1.0, gt=0, description="Softmax temperature of the KL term.")
+    tau: float = Field(1.0, gt=0, description="Softmax temperature of the KL term (no tau^2 factor, as equation 5).")
     kl_direction: Literal["teacher_branch", "branch_teacher"] = Field(
         "teacher_branch",
         description="teacher_branch: KL(q_T || q_R), teacher as the target, as the common CIFAR code computes it "
-        "(F.kl_div(log q_R, q_T)). branch_teacher: KL(q_R || q_T), as the paper's equation 4 is written.",
+        "(F.kl_div(log q_R, q_T)). branch_teacher: KL(q_R || q_T), as the paper's equation 5 is written.",
     )
 
 
@@ -135,6 +135,9 @@ class DistillSpec(_Strict):
     feature_weight: float | None = Field(
         None, ge=0, description="Weight of a feature method's loss (default: the method's, FitNets 100, AT 1000)."
     )
+    hint_block: int = Field(
+        2, ge=1, description="FitNets: the block (1-based) whose output is the hint (benchmark hint_layer=2)."
+    )
 
 
 class Spec(_Strict):
@@ -149,6 +152,11 @@ class Spec(_Strict):
     data: DataSpec = Field(default_factory=DataSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
+    _source: str = PrivateAttr("<spec>")  # the file it came from, for error messages
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     @field_validator("input_size")
     @classmethod

@@ -1,0 +1,144 @@
+"""The ``splicer`` command line: build, inspect and schema here; training commands register below.
+
+User errors (:class:`splicer.errors.SplicerError`) are printed as one message and exit with
+status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+app = typer.Typer(
+    name="splicer",
+    help="Compile a teacher and a student network into a student-friendly teacher network (SFTN) and train it.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(command: F) -> F:
+    """Turn a SplicerError into a message on stderr and exit status 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from splicer.errors import SplicerError
+
+        try:
+            return command(*args, **kwargs)
+        except SplicerError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+SpecArg = Annotated[Path, typer.Argument(help="Spec file (YAML).", show_default=False)]
+
+
+@app.command()
+@user_errors
+def build(
+    spec: SpecArg,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder [default: build/<name>].")] = None,
+) -> None:
+    """Compile SPEC into an SFTN and write sftn.py, report.md, branch graphs and the resolved spec."""
+    from splicer.assembly.build import compile_spec
+    from splicer.emission.artifacts import emit_artifacts
+    from splicer.emission.report import summary_lines
+
+    result = compile_spec(spec)
+    out_dir = out if out is not None else Path("build") / result.spec.name
+    written = emit_artifacts(result, out_dir)
+    typer.echo("\n".join(summary_lines(result)))
+    typer.echo(f"wrote {', '.join(str(p) for p in written.values())}")
+
+
+@app.command()
+@user_errors
+def inspect(
+    target: Annotated[str, typer.Argument(help="A spec file, or a model reference such as timm:resnet50.", show_default=False)],
+    input_size: Annotated[
+        tuple[int, int, int] | None, typer.Option("--input-size", help="C H W, for a model reference [default: 3 32 32].")
+    ] = None,
+    num_classes: Annotated[int, typer.Option(help="Classes, for a model reference.")] = 1000,
+    all_cuts: Annotated[bool, typer.Option("--all", help="List every cut point, not only stage ends.")] = False,
+) -> None:
+    """Print an SFTN's blocks, transforms, layer tables and branch graph; or a model's cut points."""
+    from rich.console import Console
+
+    console = Console()
+    if Path(target).is_file() or target.endswith((".yaml", ".yml")):
+        _inspect_spec(Path(target), console)
+    else:
+        _inspect_model(target, input_size or (3, 32, 32), num_classes, all_cuts, console)
+
+
+def _inspect_spec(path: Path, console: Any) -> None:
+    from splicer.assembly.build import compile_spec
+    from splicer.emission.graph import branch_graph, to_mermaid
+    from splicer.emission.layers import layer_tables
+    from splicer.emission.report import markdown_table, summary_lines
+
+    result = compile_spec(path)
+    console.print("\n".join(summary_lines(result)), highlight=False, markup=False)
+    for part in layer_tables(result):  # markdown: wide tables stay readable and copyable
+        console.print(f"\n{part.title}\n{markdown_table(part)}", highlight=False, markup=False, soft_wrap=True)
+    console.print("Branch graph (Mermaid):", highlight=False)
+    console.print(to_mermaid(branch_graph(result)), highlight=False, markup=False)
+
+
+def _inspect_model(reference: str, input_size: tuple[int, int, int], num_classes: int, all_cuts: bool, console: Any) -> None:
+    from rich.table import Table
+
+    from splicer.errors import SpecError
+    from splicer.models.registry import create_model
+    from splicer.spec.schema import NetworkSpec
+    from splicer.trace.cuts import find_cut_points
+    from splicer.trace.shapes import propagate_shapes
+    from splicer.trace.stages import stage_ends
+    from splicer.trace.tracer import trace_model
+
+    if ":" not in reference:
+        raise SpecError(f"{reference}: no such spec file, and not a model reference (SOURCE:NAME, e.g. timm:resnet50)")
+    NetworkSpec(model=reference)  # validates the form of the reference
+    model = create_model(reference, num_classes)
+    traced = trace_model(model, name=reference)
+    propagate_shapes(traced.graph_module, input_size)
+    cuts = find_cut_points(traced)
+    auto = {c.node for c in stage_ends(traced, cuts)}
+    shown = cuts if all_cuts else [c for c in cuts if c.stage_end]
+    title = f"{reference} at {'x'.join(map(str, input_size))}: {len(cuts)} valid cut points, {len(shown)} shown"
+    table = Table("Cut point (spec name)", "fx node", "Output shape", "Stage end", "auto", title=title, title_justify="left")
+    for c in shown:
+        table.add_row(c.label, c.node, "x".join(map(str, c.shape)), "yes" if c.stage_end else "", "yes" if c.node in auto else "")
+    console.print(table)
+    if not all_cuts:
+        console.print("(--all lists every cut point)", highlight=False)
+
+
+@app.command()
+def schema(
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Print the spec's JSON Schema, for editors that complete and check YAML."""
+    from splicer.spec.schema import Spec
+
+    text = json.dumps(Spec.model_json_schema(), indent=2) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+        typer.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

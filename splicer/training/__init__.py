@@ -1,0 +1,1 @@
+"""Training: stage-1 SFTN loss, stage-2 distillation methods, the trainer."""

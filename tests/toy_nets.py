@@ -1,0 +1,62 @@
+"""Small models for compiler tests, referenced from specs as ``python:tests.toy_nets:NAME``."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int, stride: int = 1) -> None:
+        super().__init__()
+        out = channels * stride
+        self.conv1 = nn.Conv2d(channels, out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out)
+        self.conv2 = nn.Conv2d(out, out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out)
+        self.shortcut = (
+            nn.Sequential(nn.Conv2d(channels, out, 1, stride, bias=False), nn.BatchNorm2d(out)) if stride > 1 else nn.Identity()
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.bn1(self.conv1(x)).relu()
+        y = self.bn2(self.conv2(y))
+        return (y + self.shortcut(x)).relu()
+
+
+class TinyResNet(nn.Module):
+    """Three stages (width, 2*width, 4*width channels at 1, 1/2, 1/4 resolution)."""
+
+    def __init__(self, num_classes: int = 10, width: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.layer1 = nn.Sequential(ResidualBlock(width), ResidualBlock(width))
+        self.layer2 = nn.Sequential(ResidualBlock(width, 2), ResidualBlock(2 * width))
+        self.layer3 = nn.Sequential(ResidualBlock(2 * width, 2), ResidualBlock(4 * width))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def tiny_resnet(num_classes: int = 10, width: int = 8) -> TinyResNet:
+    return TinyResNet(num_classes, width)
+
+
+class PreActStart(nn.Module):
+    """A net whose second stage starts with an in-place ReLU on its input."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stage1 = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.Conv2d(8, 8, 3, 1, 1))
+        self.stage2 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(8, 16, 3, 2, 1), nn.Conv2d(16, 16, 3, 1, 1))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.pool(self.stage2(self.stage1(x))).flatten(1))
+
+
+def preact_start(num_classes: int = 10) -> PreActStart:
+    return PreActStart(num_classes)
