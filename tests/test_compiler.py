@@ -168,3 +168,17 @@ def test_build_accepts_a_path_and_a_spec(vgg_result):
     assert isinstance(splicer.build(VGG_SPEC, verify=False), splicer.SFTN)
     with pytest.raises(SplicerError, match="no such spec file"):
         splicer.build(REPO / "specs" / "missing.yaml")
+
+
+def test_a_batch_size_read_at_the_top_does_not_block_cuts():
+    spec = {
+        "name": "batch",
+        "num_classes": 10,
+        "input_size": [3, 16, 16],
+        "teacher": {"model": "python:tests.toy_nets:batch_size_reader", "blocks": ["stage1", "stage2"]},
+        "student": {"model": "python:tests.toy_nets:batch_size_reader", "blocks": ["stage1", "stage2"]},
+    }
+    result = splicer.compile_spec(spec_from_dict(spec))
+    assert result.equivalence_error == 0.0
+    out = result.sftn(torch.randn(5, 3, 16, 16))  # another batch size than the trace's
+    assert out.teacher_logits.shape == (5, 10) and out.branch_logits[0].shape == (5, 10)

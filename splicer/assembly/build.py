@@ -84,9 +84,9 @@ def compile_spec(spec_or_path: Spec | str | Path, verify: bool = True) -> BuildR
     start = time.perf_counter()
     spec = spec_or_path if isinstance(spec_or_path, Spec) else load_spec(spec_or_path)
     source = spec.source
-    teacher = plan_network(spec, spec.teacher, "teacher", source)
-    student = plan_network(spec, spec.student, "student", source)
     notes: list[str] = []
+    teacher = plan_network(spec, spec.teacher, "teacher", source, notes)
+    student = plan_network(spec, spec.student, "student", source, notes)
     _pair_blocks(teacher, student, spec, source, notes)
     transforms = [
         plan_transform(teacher.block_shapes[i], student.block_shapes[i]) for i in range(len(teacher.block_ends) - 1)
@@ -100,8 +100,9 @@ def compile_spec(spec_or_path: Spec | str | Path, verify: bool = True) -> BuildR
     return result
 
 
-def plan_network(spec: Spec, network: NetworkSpec, role: str, source: str) -> NetworkPlan:
-    """Create, trace, shape-propagate and cut one network."""
+def plan_network(spec: Spec, network: NetworkSpec, role: str, source: str, notes: list[str] | None = None) -> NetworkPlan:
+    """Create, trace, shape-propagate and cut one network; automatic choices are added to ``notes``."""
+    notes = notes if notes is not None else []
     model = create_model(network.model, spec.num_classes, network.kwargs, network.checkpoint)
     traced = trace_model(model, name=f"{role} {network.model}")
     try:
@@ -111,7 +112,8 @@ def plan_network(spec: Spec, network: NetworkSpec, role: str, source: str) -> Ne
     cut_points = find_cut_points(traced)
     where = f"{source}: {role}.blocks"
     if network.blocks == "auto":
-        ends = auto_block_ends(traced, cut_points, network.num_blocks)
+        ends, origin = auto_block_ends(traced, model, cut_points, network.num_blocks, f"{role} {network.model}")
+        notes.append(f"{role}: blocks: auto chose {', '.join(c.label for c in ends)} ({origin})")
         if len(ends) < 2:
             raise CutError(
                 f"{where}: auto found {len(ends)} stage end(s) in {network.model}; an SFTN needs at least 2. "

@@ -19,7 +19,7 @@ app = typer.Typer(
     name="splicer",
     help="Compile a teacher and a student network into a student-friendly teacher network (SFTN) and train it.",
     no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
+    pretty_exceptions_enable=False,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -104,7 +104,7 @@ def _inspect_model(reference: str, input_size: tuple[int, int, int], num_classes
     from splicer.spec.schema import NetworkSpec
     from splicer.trace.cuts import find_cut_points
     from splicer.trace.shapes import propagate_shapes
-    from splicer.trace.stages import stage_ends
+    from splicer.trace.stages import auto_block_ends
     from splicer.trace.tracer import trace_model
 
     if ":" not in reference:
@@ -114,13 +114,15 @@ def _inspect_model(reference: str, input_size: tuple[int, int, int], num_classes
     traced = trace_model(model, name=reference)
     propagate_shapes(traced.graph_module, input_size)
     cuts = find_cut_points(traced)
-    auto = {c.node for c in stage_ends(traced, cuts)}
+    auto_ends, origin = auto_block_ends(traced, model, cuts, None, reference)
+    auto = {c.node for c in auto_ends}
     shown = cuts if all_cuts else [c for c in cuts if c.stage_end]
     title = f"{reference} at {'x'.join(map(str, input_size))}: {len(cuts)} valid cut points, {len(shown)} shown"
     table = Table("Cut point (spec name)", "fx node", "Output shape", "Stage end", "auto", title=title, title_justify="left")
     for c in shown:
         table.add_row(c.label, c.node, "x".join(map(str, c.shape)), "yes" if c.stage_end else "", "yes" if c.node in auto else "")
     console.print(table)
+    console.print(f"auto: {', '.join(c.label for c in auto_ends)} ({origin})", highlight=False, markup=False)
     if not all_cuts:
         console.print("(--all lists every cut point)", highlight=False)
 

@@ -8,7 +8,9 @@ Parameters and buffers (``get_attr``) are not values here: any block can fetch t
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+from itertools import groupby
 
 from torch import fx
 
@@ -33,13 +35,45 @@ class CutPoint:
         return self.module_path or self.node
 
 
+def batch_size_nodes(nodes: list[fx.Node]) -> dict[fx.Node, str]:
+    """Nodes that only read the batch size (``x.shape[0]``, ``x.size(0)``): ``"value"``, and the
+    ``x.shape`` they index: ``"helper"``.
+
+    A batch size read once at the top and used at the bottom would make every cut look invalid;
+    since every tensor in a CNN has the same batch size, each block re-reads it from its own input.
+    """
+    values: set[fx.Node] = set()
+    for node in nodes:
+        if node.op == "call_method" and node.target == "size" and (node.args[1:] == (0,) or node.kwargs == {"dim": 0}):
+            values.add(node)
+        elif node.op == "call_function" and node.target is operator.getitem and node.args[1:] == (0,):
+            source = node.args[0]
+            if isinstance(source, fx.Node) and _is_whole_shape(source):
+                values.add(node)
+    found = {node: "value" for node in values}
+    for node in nodes:
+        if _is_whole_shape(node) and node.users and all(user in values for user in node.users):
+            found[node] = "helper"
+    return found
+
+
+def _is_whole_shape(node: fx.Node) -> bool:
+    if node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",):
+        return True
+    return node.op == "call_method" and node.target == "size" and len(node.args) == 1 and not node.kwargs
+
+
 def live_values(traced: TracedModel) -> list[list[fx.Node]]:
-    """For each node position, the values computed at or before it and used after it."""
+    """For each node position, the values computed at or before it and used after it.
+
+    Parameters (``get_attr``) and batch-size reads are not counted: any block can re-create them.
+    """
     nodes = traced.nodes
     position = {node: i for i, node in enumerate(nodes)}
+    free = batch_size_nodes(nodes)
     dies_at: dict[int, list[fx.Node]] = {}
     for node in nodes:
-        if node.op in ("get_attr", "output") or not node.users:
+        if node.op in ("get_attr", "output") or not node.users or node in free:
             continue
         dies_at.setdefault(max(position[user] for user in node.users), []).append(node)
     live: dict[fx.Node, None] = {}
@@ -47,7 +81,7 @@ def live_values(traced: TracedModel) -> list[list[fx.Node]]:
     for i, node in enumerate(nodes):
         for dead in dies_at.get(i, []):
             live.pop(dead, None)
-        if node.op not in ("get_attr", "output") and node.users:
+        if node.op not in ("get_attr", "output") and node.users and node not in free:
             live[node] = None
         result.append(list(live))
     return result
@@ -74,11 +108,7 @@ def module_outputs(traced: TracedModel) -> dict[str, str]:
 
 
 def find_cut_points(traced: TracedModel) -> list[CutPoint]:
-    """Every valid cut point of a shape-propagated graph, with stage ends marked.
-
-    A stage end is the last cut point before the spatial size changes (and the last spatial
-    cut point before the head): where the paper draws its block boundaries.
-    """
+    """Every valid cut point of a shape-propagated graph, with stage ends marked (see :func:`graph_stage_ends`)."""
     nodes = traced.nodes
     live = live_values(traced)
     outputs = module_outputs(traced)
@@ -92,16 +122,28 @@ def find_cut_points(traced: TracedModel) -> list[CutPoint]:
         if shape is None or live[i] != [node]:
             continue
         found.append(CutPoint(node.name, outputs.get(node.name), shape, i))
-    # Globally pooled maps (1x1 after a larger map) belong to the head, not to a stage.
-    spatial = [c for c in found if len(c.shape) == 3 and c.shape[1:] != (1, 1)]
-    marked = {
-        c.node
-        for c, nxt in zip(spatial, spatial[1:] + [None])
-        if nxt is None or nxt.shape[1:] != c.shape[1:]
-    }
-    return [
-        CutPoint(c.node, c.module_path, c.shape, c.position, c.node in marked) for c in found
-    ]
+    marked = {c.node for c in graph_stage_ends(found)}
+    return [CutPoint(c.node, c.module_path, c.shape, c.position, c.node in marked) for c in found]
+
+
+def graph_stage_ends(cut_points: list[CutPoint]) -> list[CutPoint]:
+    """One stage end per run of cut points at one spatial size.
+
+    The chosen cut point is the output of the shallowest module in the run (``layer1``
+    rather than ``layer2.0.act1``, a pre-activation that opens the next stage), the latest
+    on ties. Globally pooled maps (1x1) belong to the head, not to a stage.
+    """
+    spatial = [c for c in cut_points if len(c.shape) == 3 and c.shape[1:] != (1, 1)]
+    ends = []
+    for _, group in groupby(spatial, key=lambda c: c.shape[1:]):
+        run = list(group)
+        modules = [c for c in run if c.module_path]
+        if modules:
+            shallowest = min(c.module_path.count(".") for c in modules)
+            ends.append([c for c in modules if c.module_path.count(".") == shallowest][-1])
+        else:
+            ends.append(run[-1])
+    return ends
 
 
 def resolve_block_ends(
@@ -113,7 +155,7 @@ def resolve_block_ends(
     """
     nodes_by_name = {node.name: node for node in traced.nodes}
     by_module = {path: node for node, path in module_outputs(traced).items()}
-    all_module_paths = _module_last_nodes(traced)
+    all_module_paths = module_last_nodes(traced)
     valid = {c.node: c for c in cut_points}
     resolved: list[fx.Node] = []
     for index, name in enumerate(names):
@@ -138,7 +180,7 @@ def resolve_block_ends(
     return resolved
 
 
-def _module_last_nodes(traced: TracedModel) -> dict[str, str]:
+def module_last_nodes(traced: TracedModel) -> dict[str, str]:
     """Module path -> its last node, for any module (also those whose output is not a cut point)."""
     modules = {name for name, _ in traced.graph_module.named_modules() if name}
     last: dict[str, str] = {}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import fx, nn
 
+from splicer.trace.cuts import batch_size_nodes
+
 
 def split_graph(graph_module: fx.GraphModule, cut_nodes: list[fx.Node], root: nn.Module | None = None) -> list[fx.GraphModule]:
     """Split at ``cut_nodes`` (valid cut points, in order) into ``len(cut_nodes) + 1`` modules.
@@ -18,26 +20,33 @@ def split_graph(graph_module: fx.GraphModule, cut_nodes: list[fx.Node], root: nn
     """
     root = graph_module if root is None else root
     boundaries = set(cut_nodes)
+    batch_nodes = batch_size_nodes(list(graph_module.graph.nodes))
     parts: list[fx.GraphModule] = []
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
+    part_input: list[fx.Node] = []  # the current part's placeholder
 
     def fetch(node: fx.Node) -> fx.Node:
-        if node not in env:  # a get_attr first used in this part: every part fetches its own
-            if node.op != "get_attr":
+        if node not in env:
+            if batch_nodes.get(node) == "value":  # re-read the batch size from this part's input
+                env[node] = graph.call_method("size", (part_input[0], 0))
+            elif node.op == "get_attr":  # parameters: every part fetches its own
+                env[node] = graph.node_copy(node, fetch)
+            else:
                 raise ValueError(f"{node.name} crosses a cut; cut only at valid cut points")
-            env[node] = graph.node_copy(node, fetch)
         return env[node]
 
     index = 0
     for node in graph_module.graph.nodes:
-        if node.op == "get_attr":
-            continue
+        if node.op == "get_attr" or node in batch_nodes:
+            continue  # created on first use by fetch
         if node.op == "output":
             graph.output(fx.graph.map_arg(node.args[0], fetch))
             parts.append(_finish(root, graph, index))
             break
         env[node] = graph.node_copy(node, fetch)
+        if node.op == "placeholder":
+            part_input[:] = [env[node]]
         if node in boundaries:
             graph.output(env[node])
             parts.append(_finish(root, graph, index))
@@ -46,6 +55,7 @@ def split_graph(graph_module: fx.GraphModule, cut_nodes: list[fx.Node], root: nn
             placeholder = graph.placeholder(node.name)
             placeholder.meta = dict(node.meta)
             env = {node: placeholder}
+            part_input[:] = [placeholder]
     return parts
 
 

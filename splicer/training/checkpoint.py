@@ -1,0 +1,130 @@
+"""Checkpoints that survive a crash mid-write and load with ``torch.load(weights_only=True)``.
+
+A checkpoint holds only tensors, containers, numbers and strings: state_dicts, RNG states
+(as tensors), counters and the spec as a plain dict. It is written to a temporary file,
+flushed to disk and renamed over the old one, so ``last.pt`` is always a complete, good
+checkpoint, never a half-written or diverged one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from splicer.errors import SplicerError
+
+if TYPE_CHECKING:
+    from splicer.assembly.modules import BlockNet
+    from splicer.spec import Spec
+
+FORMAT = 1
+"""Version of the checkpoint layout, stored under "format"."""
+
+TEACHER_KINDS = ("sftn", "standard")
+STUDENT_KINDS = ("student", "distill")
+
+
+def save_atomic(payload: dict[str, Any], path: Path) -> None:
+    """Write ``payload`` to ``path`` so that readers see the old file or the complete new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def copy_atomic(source: Path, target: Path) -> None:
+    """Copy a checkpoint (last.pt to best.pt) with the same all-or-nothing guarantee."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by splicer, loaded on the CPU without unpickling arbitrary objects."""
+    if not path.is_file():
+        raise SplicerError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: torch raises many different types
+        raise SplicerError(f"{path}: not a readable splicer checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or "kind" not in state or "model" not in state:
+        raise SplicerError(f"{path}: not a splicer training checkpoint (no 'kind' and 'model' entries)")
+    return state
+
+
+def resolve_checkpoint(run: str | Path, which: str = "last") -> Path:
+    """A run folder (its ``<which>.pt``) or a checkpoint file, as users pass them on the command line."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / f"{which}.pt"
+        if not path.is_file():
+            raise SplicerError(f"{run}: no {which}.pt in this folder; is it a finished or started `splicer train` run?")
+        return path
+    if not path.is_file():
+        raise SplicerError(f"{run}: no such run folder or checkpoint file")
+    return path
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The global RNG states a training step can draw from (dropout, stochastic layers), as tensors."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what :func:`rng_state` saved (CUDA states only when running on CUDA again)."""
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def teacher_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The state_dict of the teacher network (a BlockNet) in a stage-1 checkpoint.
+
+    An SFTN checkpoint holds the whole SFTN: the teacher's entries sit under ``teacher.``
+    and the student branches, which stage 2 drops, under ``branches.``. A standard
+    checkpoint holds the teacher alone.
+    """
+    model = checkpoint["model"]
+    if checkpoint["kind"] == "standard":
+        return dict(model)
+    prefix = "teacher."
+    return {key[len(prefix) :]: value for key, value in model.items() if key.startswith(prefix)}
+
+
+def network_from_checkpoint(checkpoint: dict[str, Any], path: Path, spec: Spec | None = None) -> BlockNet:
+    """The network a checkpoint trained, as a BlockNet (logits and block features), on the CPU.
+
+    Teacher checkpoints (SFTN or standard) give ``build(spec).teacher`` without branches;
+    student checkpoints give ``build_student(spec)``. ``spec`` defaults to the one stored in
+    the checkpoint. Building draws from a forked RNG so that loading a network never
+    changes the random stream of the training that follows.
+    """
+    from splicer.assembly.build import build, build_student
+    from splicer.spec import spec_from_dict
+
+    if spec is None:
+        spec = spec_from_dict(checkpoint["spec"], source=f"{path} (spec)")
+    kind = checkpoint["kind"]
+    with torch.random.fork_rng(devices=[]):
+        if kind in TEACHER_KINDS:
+            network, state = build(spec).teacher, teacher_state(checkpoint)
+        else:
+            network, state = build_student(spec), checkpoint["model"]
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as exc:
+        role = "teacher" if kind in TEACHER_KINDS else "student"
+        raise SplicerError(
+            f"{path}: this {kind} checkpoint does not fit the {role} {getattr(spec, role).model} of spec "
+            f"{spec.name!r}; was it trained from another spec? ({exc})"
+        ) from None
+    return network

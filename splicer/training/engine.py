@@ -1,0 +1,311 @@
+"""The generic training loop shared by every stage: device and precision, optimizer and
+schedule, epochs with on-device metric accumulation, divergence detection, evaluation,
+checkpoints and resume.
+
+A stage (:mod:`stage1`, :mod:`stage2`) only says what to train and how to compute its
+loss, as a :class:`Stage`; everything else lives here once.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from splicer.data import DataBundle
+from splicer.errors import SplicerError
+from splicer.spec import Spec
+from splicer.training.checkpoint import FORMAT, copy_atomic, load_checkpoint, rng_state, save_atomic, set_rng_state
+from splicer.training.distributed import Distributed
+from splicer.training.evaluate import accuracy
+from splicer.training.logging import EpochProgress, RunLogger, read_metrics
+from splicer.training.runs import RunDir
+
+SYNC_EVERY = 10
+"""Steps between host-device synchronisations (progress numbers, divergence check)."""
+
+LossFn = Callable[[Tensor, Tensor], tuple[dict[str, Tensor], Tensor]]
+"""(images, labels) -> (loss terms including "total", logits scored for train accuracy)."""
+
+
+class TrainingDiverged(SplicerError):
+    """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The device and the numerics that go with it: bf16 autocast and channels_last on CUDA, fp32 on CPU."""
+
+    device: torch.device
+
+    @classmethod
+    def create(cls, name: str, dist: Distributed) -> Runtime:
+        """Resolve ``auto|cpu|cuda``; under torchrun each process takes the GPU of its local rank."""
+        if name == "cuda" and not torch.cuda.is_available():
+            raise SplicerError("train.device: cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+        if name == "cpu" or not torch.cuda.is_available():
+            return cls(torch.device("cpu"))
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return cls(torch.device("cuda", dist.local_rank))
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
+
+    def place(self, module: nn.Module) -> nn.Module:
+        module.to(self.device)
+        return module.to(memory_format=torch.channels_last) if self.cuda else module
+
+    def inputs(self, images: Tensor) -> Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.cuda else images
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG a model or a training step may draw from."""
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    try:
+        import numpy
+
+        numpy.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+
+
+@dataclass
+class Stage:
+    """One thing to train, as the engine sees it."""
+
+    kind: str  # checkpoint kind: sftn | standard | student | distill
+    title: str  # names the run in progress lines and plots
+    model: nn.Module  # trained; checkpoint["model"]
+    evaluator: nn.Module  # images -> logits, scored top-1/top-5 on the eval split
+    loss: LossFn
+    kl_term: str | None = None  # the term plotted as "KL" (figure 5)
+    extra: dict[str, nn.Module] = field(default_factory=dict)  # trained with the model (FitNets' regressor)
+    frozen: list[nn.Module] = field(default_factory=list)  # never trained, always in eval mode (the teacher)
+    meta: dict[str, Any] = field(default_factory=dict)  # stored in every checkpoint
+
+    def trained(self) -> list[nn.Module]:
+        return [self.model, *self.extra.values()]
+
+    def train_mode(self) -> None:
+        for module in self.trained():
+            module.train()
+        for module in self.frozen:
+            module.eval()
+
+
+@dataclass
+class _EpochStats:
+    terms: dict[str, float]
+    train_acc: float
+    images: int
+    steps: int
+    seconds: float
+
+
+def fit(
+    stage: Stage,
+    spec: Spec,
+    run: RunDir,
+    data: DataBundle,
+    runtime: Runtime,
+    dist: Distributed,
+    resume: bool,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Train ``stage`` for ``spec.train.epochs`` epochs in ``run``; returns the run's summary.
+
+    With ``resume``, model, extra modules, optimizer, scheduler, RNG state, epoch and best
+    accuracy come from ``run/last.pt``, and each epoch's data order is a function of
+    (seed, epoch): the run ends with exactly the weights an uninterrupted run would have.
+    """
+    recipe = spec.train
+    spec_dict = spec.model_dump(mode="json")
+    params = [p for module in stage.trained() for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=recipe.milestones, gamma=recipe.gamma)
+    logger = RunLogger(run, dist, stage.title, quiet)
+    start, best = 0, {"top1": None, "top5": None, "epoch": None}
+    if resume:
+        state = load_checkpoint(run.last)
+        if state["kind"] != stage.kind or state.get("meta", {}).get("method") != stage.meta.get("method"):
+            raise SplicerError(
+                f"--resume: {run.last} is a {_describe(state['kind'], state.get('meta', {}))} run, "
+                f"not a {_describe(stage.kind, stage.meta)} run"
+            )
+        _restore(stage, optimizer, scheduler, state)
+        set_rng_state(state["rng"], runtime.device)
+        start, best = state["epoch"], state["best"]
+        logger.info(f"{stage.title}: resuming {run.path} after epoch {start}")
+    logger.start(spec_dict, start if resume else None)
+    for epoch in range(start, recipe.epochs):
+        started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        data.train.set_epoch(epoch)
+        with logger.epoch_progress(epoch + 1, recipe.epochs, len(data.train)) as progress:
+            stats = _train_epoch(stage, data, optimizer, runtime, progress, epoch, run)
+        top1 = top5 = None
+        if (epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs:
+            top1, top5 = accuracy(stage.evaluator, data.eval, runtime)
+        scheduler.step()
+        improved = top1 is not None and (best["top1"] is None or top1 > best["top1"])
+        if improved:
+            best = {"top1": top1, "top5": top5, "epoch": epoch + 1}
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "loss": stats.terms.pop("total"),
+            "terms": stats.terms,
+            "train_acc": stats.train_acc,
+            "eval_top1": top1,
+            "eval_top5": top5,
+            "img_per_s": stats.images / stats.seconds,
+            "step_seconds": stats.seconds / stats.steps,
+            "seconds": time.perf_counter() - started,
+        }
+        logger.log_epoch(record, recipe.epochs, data.eval_name)
+        if dist.is_main:
+            save_atomic(_payload(stage, spec_dict, optimizer, scheduler, epoch + 1, best, runtime), run.last)
+            if improved:
+                copy_atomic(run.last, run.best)
+    summary = _summary(stage, spec, run, data, runtime, best)
+    logger.finish(summary, stage.kl_term)
+    return summary
+
+
+def _train_epoch(
+    stage: Stage,
+    data: DataBundle,
+    optimizer: torch.optim.Optimizer,
+    runtime: Runtime,
+    progress: EpochProgress,
+    epoch: int,
+    run: RunDir,
+) -> _EpochStats:
+    """One pass over the training stream. Loss terms, correct predictions and the first
+    non-finite step are accumulated on the device and read back every SYNC_EVERY steps."""
+    stage.train_mode()
+    steps = len(data.train)
+    device = runtime.device
+    names: list[str] = []
+    sums = torch.zeros(0, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    first_bad = torch.full((), -1.0, dtype=torch.float64, device=device)
+    images = 0
+    host: list[float] = []
+    started = time.perf_counter()
+    for step, (batch, labels) in enumerate(data.train):
+        with runtime.autocast():
+            terms, logits = stage.loss(runtime.inputs(batch), labels)
+        total = terms["total"]
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        if not names:
+            names = ["total", *(name for name in terms if name != "total")]
+            sums = torch.zeros(len(names), device=device)
+        values = torch.stack([terms[name].detach().float() for name in names])
+        sums += values
+        correct += (logits.detach().argmax(1) == labels).sum()
+        first_bad.masked_fill_((first_bad < 0) & ~torch.isfinite(values[0]), step)
+        images += len(labels)
+        progress.advance()
+        if (step + 1) % SYNC_EVERY == 0 or step + 1 == steps:
+            host = torch.cat([sums.double(), correct.view(1), first_bad.view(1)]).tolist()
+            if host[-1] >= 0:
+                bad = [name for name, value in zip(names[1:], host[1 : len(names)]) if not math.isfinite(value)]
+                raise TrainingDiverged(_diverged_message(stage, epoch, int(host[-1]), steps, bad, run))
+            progress.show(host[0] / (step + 1), 100 * host[-2] / images, images / (time.perf_counter() - started))
+    seconds = time.perf_counter() - started
+    means = {name: value / steps for name, value in zip(names, host[: len(names)])}
+    return _EpochStats(means, 100 * host[-2] / images, images, steps, seconds)
+
+
+def _diverged_message(stage: Stage, epoch: int, step: int, steps: int, bad_terms: list[str], run: RunDir) -> str:
+    where = f"{stage.title}: the loss became NaN/inf at epoch {epoch + 1}, step {step + 1}/{steps}"
+    if bad_terms:
+        where += f" (non-finite terms: {', '.join(bad_terms)})"
+    if run.last.is_file():
+        kept = f"the last good checkpoint, {run.last}, is kept unchanged"
+    else:
+        kept = "no checkpoint had been written yet"
+    return f"{where}. Training stopped; {kept}. Try a lower train.lr (--lr), or check the data and loss weights."
+
+
+def _payload(
+    stage: Stage,
+    spec_dict: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    epoch: int,
+    best: dict[str, Any],
+    runtime: Runtime,
+) -> dict[str, Any]:
+    """Everything a resume needs, in types that ``torch.load(weights_only=True)`` accepts."""
+    return {
+        "format": FORMAT,
+        "kind": stage.kind,
+        "meta": stage.meta,
+        "spec": spec_dict,
+        "model": stage.model.state_dict(),
+        "extra": {name: module.state_dict() for name, module in stage.extra.items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_state(runtime.device),
+        "epoch": epoch,
+        "best": best,
+    }
+
+
+def _restore(stage: Stage, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any]) -> None:
+    try:
+        stage.model.load_state_dict(state["model"])
+        for name, module in stage.extra.items():
+            module.load_state_dict(state["extra"][name])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise SplicerError(f"--resume: the checkpoint does not fit the model built from this spec: {exc}") from None
+    scheduler.load_state_dict(state["scheduler"])
+
+
+def _describe(kind: str, meta: dict[str, Any]) -> str:
+    return f"{kind} ({meta['method']})" if meta.get("method") else kind
+
+
+def _summary(
+    stage: Stage, spec: Spec, run: RunDir, data: DataBundle, runtime: Runtime, best: dict[str, Any]
+) -> dict[str, Any]:
+    """Final and best accuracy, time and speed of the whole run (across resumes)."""
+    records = read_metrics(run.metrics)
+    last = next((r for r in reversed(records) if r["eval_top1"] is not None), None)
+    final = {"top1": last["eval_top1"], "top5": last["eval_top5"], "epoch": last["epoch"]} if last else None
+    return {
+        "kind": stage.kind,
+        "meta": stage.meta,
+        "spec": spec.name,
+        "run": str(run.path),
+        "seed": spec.train.seed,
+        "device": str(runtime.device),
+        "epochs": len(records),
+        "eval_split": data.eval_name,
+        "final": final,
+        "best": best,
+        "wall_seconds": sum(r["seconds"] for r in records),
+        "step_seconds_median": statistics.median(r["step_seconds"] for r in records) if records else None,
+        "img_per_s_median": statistics.median(r["img_per_s"] for r in records) if records else None,
+    }

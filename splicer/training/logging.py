@@ -1,0 +1,129 @@
+"""What a run reports while it trains: a progress bar per epoch, one line and one JSON
+record per epoch, the summary and the curves.
+
+Every method is a no-op off the main process (see :class:`Distributed`), so trainers call
+them unconditionally.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from splicer.training.distributed import Distributed
+from splicer.training.runs import RunDir
+
+
+class EpochProgress:
+    """Handle on one epoch's progress bar: advance per step (cheap), refresh numbers when known."""
+
+    def __init__(self, progress: Any, task: Any) -> None:
+        self._progress = progress
+        self._task = task
+
+    def advance(self, steps: int = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, steps)
+
+    def show(self, loss: float, acc: float, img_per_s: float) -> None:
+        if self._progress is not None:
+            stats = f"loss {loss:.4f}  acc {acc:5.1f}%  {img_per_s:,.0f} img/s"
+            self._progress.update(self._task, stats=stats)
+
+
+class RunLogger:
+    """Rank-aware console output and run files for one run folder."""
+
+    def __init__(self, run: RunDir, dist: Distributed, title: str, quiet: bool = False) -> None:
+        self.run = run
+        self.dist = dist
+        self.title = title
+        self.quiet = quiet or not dist.is_main
+        self._console: Any = None
+
+    @property
+    def console(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True, highlight=False)
+        return self._console
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message, markup=False)
+
+    def start(self, spec_dict: dict[str, Any], resumed_epoch: int | None) -> None:
+        """Create the folder and write the resolved spec; on resume, forget epochs after the checkpoint."""
+        if not self.dist.is_main:
+            return
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        self.run.spec.write_text(yaml.safe_dump(spec_dict, sort_keys=False))
+        if resumed_epoch is None:
+            self.run.metrics.write_text("")
+        else:
+            # Epochs logged after the checkpoint was written are trained again: drop their records.
+            kept = [r for r in read_metrics(self.run.metrics) if r["epoch"] <= resumed_epoch]
+            self.run.metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    @contextmanager
+    def epoch_progress(self, epoch: int, epochs: int, steps: int) -> Iterator[EpochProgress]:
+        """A transient progress bar (loss, accuracy, img/s, ETA) over one epoch's steps."""
+        if self.quiet:
+            yield EpochProgress(None, None)
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(
+            TextColumn(f"{self.title} epoch {epoch}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        with progress:
+            task = progress.add_task("train", total=steps, stats="")
+            yield EpochProgress(progress, task)
+
+    def log_epoch(self, record: dict[str, Any], epochs: int, eval_name: str) -> None:
+        """Append the epoch's record to metrics.jsonl and print it as one line."""
+        if not self.dist.is_main:
+            return
+        with open(self.run.metrics, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.quiet:
+            return
+        line = (
+            f"{self.title} epoch {record['epoch']}/{epochs}  lr {record['lr']:.4g}  loss {record['loss']:.4f}  "
+            f"train acc {record['train_acc']:.2f}%"
+        )
+        if record.get("eval_top1") is not None:
+            line += f"  {eval_name} top-1 {record['eval_top1']:.2f}% top-5 {record['eval_top5']:.2f}%"
+        line += f"  {record['img_per_s']:,.0f} img/s  {record['seconds']:.1f}s"
+        self.console.print(line, markup=False)
+
+    def finish(self, summary: dict[str, Any], kl_term: str | None) -> None:
+        """Write summary.json and curves.png."""
+        if not self.dist.is_main:
+            return
+        self.run.summary.write_text(json.dumps(summary, indent=2) + "\n")
+        from splicer.training.plots import plot_curves
+
+        plot_curves(read_metrics(self.run.metrics), self.run.curves, title=self.title, kl_term=kl_term)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run (none when it has not finished an epoch)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+

@@ -1,0 +1,87 @@
+"""Run folders: ``runs/<spec name>/<stage>-<timestamp>`` (or a folder given with ``--out``).
+
+A run folder is the unit users pass around (``--teacher RUN``, ``splicer eval RUN``,
+``--resume``); every file in it has a fixed name so that tools find it without options.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from splicer.errors import SplicerError
+
+RUNS_ROOT = Path("runs")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The files of one training run."""
+
+    path: Path
+
+    @property
+    def spec(self) -> Path:
+        return self.path / "spec.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
+    @property
+    def curves(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+
+def open_run(spec_name: str, stage: str, out: Path | None, resume: bool) -> RunDir:
+    """The folder a run writes to: ``out``, the latest ``<stage>-*`` run when resuming, or a new one.
+
+    Refuses to start over a run that already has a checkpoint (pass ``--resume``) and to
+    resume one that has none, so that no training is lost or silently restarted.
+    """
+    if out is not None:
+        run = RunDir(Path(out))
+    elif resume:
+        run = _latest(spec_name, stage)
+    else:
+        run = RunDir(_fresh(RUNS_ROOT / spec_name, stage))
+    if resume and not run.last.is_file():
+        raise SplicerError(f"--resume: {run.path} has no last.pt to resume from; drop --resume to start a new run")
+    if not resume and run.last.is_file():
+        raise SplicerError(
+            f"{run.path} already holds a run (last.pt); pass --resume to continue it, or choose another --out"
+        )
+    return run
+
+
+def _fresh(parent: Path, stage: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = parent / f"{stage}-{stamp}"
+    suffix = 1
+    while path.exists():  # two runs started within the same second
+        suffix += 1
+        path = parent / f"{stage}-{stamp}-{suffix}"
+    return path
+
+
+def _latest(spec_name: str, stage: str) -> RunDir:
+    parent = RUNS_ROOT / spec_name
+    candidates = sorted(p for p in parent.glob(f"{stage}-*") if (p / "last.pt").is_file()) if parent.is_dir() else []
+    if not candidates:
+        raise SplicerError(
+            f"--resume: no {stage} run with a last.pt under {parent}; pass --out RUN to name the run to resume"
+        )
+    return RunDir(max(candidates, key=lambda p: (p / "last.pt").stat().st_mtime))
