@@ -1,0 +1,49 @@
+"""What :func:`splicer.data.build_data` hands a trainer: train and eval batch streams plus
+the facts about them (sizes, classes, normalisation) that reports and models need."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+class Batches(Protocol):
+    """One epoch of ``(images, labels)`` batches already on the training device.
+
+    ``images`` are float32, normalised (N, C, H, W); ``labels`` are int64 (N,). Each
+    iteration uses epoch ``epoch`` and then advances it, so plain repeated iteration
+    reshuffles; ``set_epoch`` pins the epoch (e.g. when resuming a run).
+    """
+
+    epoch: int
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def __len__(self) -> int: ...
+
+
+@dataclass
+class DataBundle:
+    """The training stream, the evaluation stream and what describes them."""
+
+    train: Batches
+    eval: Batches
+    eval_name: str  # 'val' when the eval images were carved from the training split, else 'test'
+    num_train: int
+    num_eval: int
+    num_classes: int
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    device: torch.device
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A CPU generator that depends only on (seed, epoch): the same shuffle on every device and on resume."""
+    mixed = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + 1) % (2**63)
+    return torch.Generator().manual_seed(mixed)
