@@ -142,5 +142,17 @@ def schema(
         typer.echo(f"wrote {out}")
 
 
+def _register_training_commands() -> None:
+    from splicer.cli import train_commands
+
+    app.command("train")(user_errors(train_commands.train))
+    app.command("distill")(user_errors(train_commands.distill))
+    app.command("eval")(user_errors(train_commands.eval_run))
+    app.command("run")(user_errors(train_commands.run))
+
+
+_register_training_commands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

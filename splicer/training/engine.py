@@ -228,11 +228,15 @@ def _train_epoch(
         if (step + 1) % SYNC_EVERY == 0 or step + 1 == steps:
             host = torch.cat([sums.double(), correct.view(1), first_bad.view(1)]).tolist()
             if host[-1] >= 0:
-                bad = [name for name, value in zip(names[1:], host[1 : len(names)]) if not math.isfinite(value)]
+                bad = [
+                    name
+                    for name, value in zip(names[1:], host[1 : len(names)], strict=True)
+                    if not math.isfinite(value)
+                ]
                 raise TrainingDiverged(_diverged_message(stage, epoch, int(host[-1]), steps, bad, run))
             progress.show(host[0] / (step + 1), 100 * host[-2] / images, images / (time.perf_counter() - started))
     seconds = time.perf_counter() - started
-    means = {name: value / steps for name, value in zip(names, host[: len(names)])}
+    means = {name: value / steps for name, value in zip(names, host[: len(names)], strict=True)}
     return _EpochStats(means, 100 * host[-2] / images, images, steps, seconds)
 
 

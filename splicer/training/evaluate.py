@@ -52,7 +52,7 @@ class LinearCKA:
     def update(self, x: Tensor, y: Tensor) -> None:
         x, y = x.double(), y.double()
         parts = [x.sum(0), y.sum(0), x.T @ x, y.T @ y, y.T @ x]
-        self._sums = parts if not self._sums else [a + b for a, b in zip(self._sums, parts)]
+        self._sums = parts if not self._sums else [a + b for a, b in zip(self._sums, parts, strict=True)]
         self.n += len(x)
 
     def value(self) -> float:
@@ -112,8 +112,15 @@ def evaluate_run(run: str | Path, teacher: str | Path | None = None, device: str
     last_path = resolve_checkpoint(run, "last")
     last = load_checkpoint(last_path)
     spec = spec_from_dict(last["spec"], source=f"{last_path} (spec)")
-    data = build_data(spec.data, spec.input_size, spec.num_classes, spec.train.batch_size, runtime.device, spec.train.seed)
-    result: dict[str, Any] = {"run": str(last_path.parent), "kind": last["kind"], "meta": last["meta"], "eval_split": data.eval_name}
+    data = build_data(
+        spec.data, spec.input_size, spec.num_classes, spec.train.batch_size, runtime.device, spec.train.seed
+    )
+    result: dict[str, Any] = {
+        "run": str(last_path.parent),
+        "kind": last["kind"],
+        "meta": last["meta"],
+        "eval_split": data.eval_name,
+    }
     checkpoints = {"last": (last_path, last)}
     best_path = last_path.with_name("best.pt")
     if Path(run).is_dir() and best_path.is_file():

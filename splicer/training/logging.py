@@ -56,7 +56,7 @@ class RunLogger:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message, markup=False)
+            self.console.print(message, markup=False, soft_wrap=True)
 
     def start(self, spec_dict: dict[str, Any], resumed_epoch: int | None) -> None:
         """Create the folder and write the resolved spec; on resume, forget epochs after the checkpoint."""
@@ -74,7 +74,7 @@ class RunLogger:
     @contextmanager
     def epoch_progress(self, epoch: int, epochs: int, steps: int) -> Iterator[EpochProgress]:
         """A transient progress bar (loss, accuracy, img/s, ETA) over one epoch's steps."""
-        if self.quiet:
+        if self.quiet or not self.console.is_terminal:  # a bar redrawn in a log file is noise
             yield EpochProgress(None, None)
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -108,7 +108,7 @@ class RunLogger:
         if record.get("eval_top1") is not None:
             line += f"  {eval_name} top-1 {record['eval_top1']:.2f}% top-5 {record['eval_top5']:.2f}%"
         line += f"  {record['img_per_s']:,.0f} img/s  {record['seconds']:.1f}s"
-        self.console.print(line, markup=False)
+        self.console.print(line, markup=False, soft_wrap=True)
 
     def finish(self, summary: dict[str, Any], kl_term: str | None) -> None:
         """Write summary.json and curves.png."""
@@ -125,5 +125,3 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-

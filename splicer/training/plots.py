@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -36,7 +37,9 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str, kl_term: 
     acc_ax.plot(epochs, [r["train_acc"] for r in records], label="train")
     evaluated = [r for r in records if r.get("eval_top1") is not None]
     acc_ax.plot([r["epoch"] for r in evaluated], [r["eval_top1"] for r in evaluated], label="eval top-1", marker=".")
-    acc_ax.plot([r["epoch"] for r in evaluated], [r["eval_top5"] for r in evaluated], label="eval top-5", linestyle="--")
+    acc_ax.plot(
+        [r["epoch"] for r in evaluated], [r["eval_top5"] for r in evaluated], label="eval top-5", linestyle="--"
+    )
     acc_ax.set(title="accuracy (%)", xlabel="epoch")
     acc_ax.legend(fontsize="small")
     for ax in axes:

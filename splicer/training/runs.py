@@ -57,7 +57,7 @@ def open_run(spec_name: str, stage: str, out: Path | None, resume: bool) -> RunD
     elif resume:
         run = _latest(spec_name, stage)
     else:
-        run = RunDir(_fresh(RUNS_ROOT / spec_name, stage))
+        run = RunDir(fresh_folder(RUNS_ROOT / spec_name, stage))
     if resume and not run.last.is_file():
         raise SplicerError(f"--resume: {run.path} has no last.pt to resume from; drop --resume to start a new run")
     if not resume and run.last.is_file():
@@ -67,7 +67,8 @@ def open_run(spec_name: str, stage: str, out: Path | None, resume: bool) -> RunD
     return run
 
 
-def _fresh(parent: Path, stage: str) -> Path:
+def fresh_folder(parent: Path, stage: str) -> Path:
+    """``parent/<stage>-<timestamp>``, made unique."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = parent / f"{stage}-{stamp}"
     suffix = 1

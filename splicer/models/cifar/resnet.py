@@ -69,9 +69,9 @@ class CifarResNet(nn.Module):
 
 
 def _factory(name: str):
-    def make(num_classes: int = 100, **kwargs) -> CifarResNet:
-        depth, widths = RESNET_CONFIGS[name]
-        return CifarResNet(depth, widths, num_classes=num_classes, **kwargs)
+    def make(num_classes: int = 100, widths: list[int] | None = None, **kwargs) -> CifarResNet:
+        depth, default_widths = RESNET_CONFIGS[name]
+        return CifarResNet(depth, list(widths or default_widths), num_classes=num_classes, **kwargs)
 
     make.__name__ = name
     make.__doc__ = f"{name} (stem and stage widths {RESNET_CONFIGS[name][1]}) for 32x32 inputs."

@@ -1,0 +1,188 @@
+"""The training commands: ``splicer train``, ``distill``, ``eval`` and ``run``.
+
+Plain typer command functions; :mod:`splicer.cli.main` registers them. Heavy imports
+(torch, the trainers) happen inside the functions so that ``splicer --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from splicer.spec import Spec
+
+SpecArg = Annotated[Path, typer.Argument(help="Spec file (YAML).", show_default=False)]
+EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Override train.epochs.", show_default=False)]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Override train.batch_size.", show_default=False)]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Override train.lr.", show_default=False)]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="Override train.device: auto, cpu or cuda.", show_default=False)
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Override train.seed.", show_default=False)]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Run folder (default: runs/<spec name>/<stage>-<timestamp>).", show_default=False),
+]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue the run in --out (or the latest one) from its last.pt.")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Change any spec field, e.g. --set data.resize=16 (repeatable).", show_default=False),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-epoch lines.")]
+
+
+def _spec(path: Path, sets: list[str] | None, **train: Any) -> Spec:
+    from splicer.spec import load_spec
+    from splicer.training.overrides import apply_overrides
+
+    return apply_overrides(load_spec(path), train, sets)
+
+
+def _report(summary: dict[str, Any]) -> None:
+    final, best = summary["final"], summary["best"]
+    split = summary["eval_split"]
+    typer.echo(f"run: {summary['run']}")
+    if final is not None:
+        typer.echo(f"final {split} top-1 {final['top1']:.2f}%  top-5 {final['top5']:.2f}%  (epoch {final['epoch']})")
+        typer.echo(f"best  {split} top-1 {best['top1']:.2f}%  top-5 {best['top5']:.2f}%  (epoch {best['epoch']})")
+    typer.echo(f"wall time {summary['wall_seconds']:.1f}s, {summary['img_per_s_median']:,.0f} img/s")
+
+
+def train(
+    spec: SpecArg,
+    standard: Annotated[
+        bool, typer.Option("--standard", help="Train the teacher alone with cross-entropy (the baseline).")
+    ] = False,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    device: DeviceOpt = None,
+    seed: SeedOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Stage 1: train SPEC's SFTN teacher (with --standard, the same teacher alone)."""
+    from splicer.training.stage1 import train_teacher
+
+    resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed)
+    _report(train_teacher(resolved, standard=standard, out=out, resume=resume, quiet=quiet))
+
+
+def distill(
+    spec: SpecArg,
+    teacher: Annotated[
+        str,
+        typer.Option("--teacher", help="Teacher run folder (uses its last.pt) or checkpoint file.", show_default=False),
+    ],
+    method: Annotated[
+        str, typer.Option("--method", help="Distillation method: kd, fitnets or at.", show_default=False)
+    ],
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    device: DeviceOpt = None,
+    seed: SeedOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Stage 2: distil a fresh student of SPEC from a trained teacher (SFTN or standard)."""
+    from splicer.training.stage2 import distill as distill_student
+
+    resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed)
+    _report(distill_student(resolved, teacher, method, out=out, resume=resume, quiet=quiet))
+
+
+def eval_run(
+    run: Annotated[str, typer.Argument(help="Run folder or checkpoint file.", show_default=False)],
+    teacher: Annotated[
+        str | None,
+        typer.Option("--teacher", help="Teacher run: also print KL divergence and CKA to it.", show_default=False),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Score a run's last and best checkpoints (top-1/top-5); with --teacher, its similarity to that teacher."""
+    from splicer.errors import SplicerError
+    from splicer.training.evaluate import evaluate_run
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise SplicerError(f"--device {device!r}: use auto, cpu or cuda")
+    result = evaluate_run(run, teacher, device)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    split = result["eval_split"]
+    method = result["meta"].get("method")
+    typer.echo(f"run: {result['run']} ({result['kind']}{', ' + method if method else ''})")
+    for which in ("last", "best"):
+        if which in result:
+            score = result[which]
+            typer.echo(
+                f"{which:<4} (epoch {score['epoch']}): {split} top-1 {score['top1']:.2f}%  top-5 {score['top5']:.2f}%"
+            )
+    if "similarity" in result:
+        sim = result["similarity"]
+        typer.echo(f"similarity to {sim['teacher']}: KL {sim['kl']:.4f}  CKA {sim['cka']:.4f}")
+
+
+def run(
+    spec: SpecArg,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            "--methods", help="Comma-separated methods (default: the spec's distill.methods).", show_default=False
+        ),
+    ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option("--seeds", help="Comma-separated seeds (default: the spec's train.seed).", show_default=False),
+    ] = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    device: DeviceOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Experiment folder (default: runs/<spec name>/experiment-<timestamp>).",
+            show_default=False,
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue the experiment in --out (or the latest): reuse finished runs, resume the others."
+        ),
+    ] = False,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train standard and SFTN teachers, the student alone and distilled from each; report them side by side."""
+    from splicer.errors import SplicerError
+    from splicer.training.experiment import render_markdown, run_experiment
+
+    resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device)
+    method_list = _split(methods) if methods is not None else list(resolved.distill.methods)
+    try:
+        seed_list = [int(s) for s in _split(seeds)] if seeds is not None else [resolved.train.seed]
+    except ValueError:
+        raise SplicerError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    report = run_experiment(resolved, method_list, seed_list, out=out, resume=resume, quiet=quiet)
+    typer.echo(render_markdown(report))
+    typer.echo(f"wrote {report['folder']}/report.md, report.json and curves.png")
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]

@@ -1,0 +1,77 @@
+"""Stage 1: train the teacher, either as an SFTN (with its student branches, paper
+section 3.3) or, as the baseline, alone with cross-entropy (the standard teacher).
+
+Both build the same SFTN from the same seed, so the standard teacher starts from exactly
+the weights the SFTN's teacher starts from; only the loss differs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from splicer.assembly.build import compile_spec
+from splicer.assembly.modules import SFTN, BlockNet
+from splicer.data import build_data
+from splicer.spec import Spec
+from splicer.spec.schema import LossSpec
+from splicer.training.distributed import Distributed
+from splicer.training.engine import LossFn, Runtime, Stage, fit, seed_everything
+from splicer.training.losses import sftn_loss
+from splicer.training.runs import open_run
+
+
+def train_teacher(
+    spec: Spec, standard: bool = False, out: Path | None = None, resume: bool = False, quiet: bool = False
+) -> dict[str, Any]:
+    """Train the SFTN (or with ``standard``, its teacher alone) of ``spec``; returns the run summary."""
+    dist = Distributed.from_env()
+    runtime = Runtime.create(spec.train.device, dist)
+    kind = "standard" if standard else "sftn"
+    run = open_run(spec.name, kind, out, resume)
+    seed_everything(spec.train.seed)
+    result = compile_spec(spec)
+    if standard:
+        stage = standard_stage(runtime.place(result.sftn.teacher), f"{spec.name} standard teacher")
+    else:
+        stage = sftn_stage(runtime.place(result.sftn), spec.loss, f"{spec.name} SFTN teacher")
+    data = build_data(
+        spec.data, spec.input_size, spec.num_classes, spec.train.batch_size, runtime.device, spec.train.seed
+    )
+    return fit(stage, result.resolved_spec(), run, data, runtime, dist, resume, quiet)
+
+
+def sftn_stage(sftn: SFTN, loss_spec: LossSpec, title: str) -> Stage:
+    """The SFTN learns with the paper's loss; its teacher alone is what gets evaluated."""
+
+    def loss(images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        out = sftn(images)
+        parts = sftn_loss(out.teacher_logits.float(), [z.float() for z in out.branch_logits], labels, loss_spec)
+        terms = {
+            "total": parts.total,
+            "teacher_ce": parts.teacher_ce,
+            "branch_kl": parts.branch_kl,
+            "branch_ce": parts.branch_ce,
+        }
+        return terms, out.teacher_logits
+
+    return Stage(kind="sftn", title=title, model=sftn, evaluator=sftn.teacher, loss=loss, kl_term="branch_kl")
+
+
+def standard_stage(teacher: BlockNet, title: str) -> Stage:
+    """The teacher alone, with cross-entropy: the baseline every SFTN result is compared with."""
+    return Stage(kind="standard", title=title, model=teacher, evaluator=teacher, loss=cross_entropy_loss(teacher))
+
+
+def cross_entropy_loss(network: BlockNet) -> LossFn:
+    """Plain supervised training of one network (the standard teacher, the student alone)."""
+
+    def loss(images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        logits = network(images)
+        ce = F.cross_entropy(logits.float(), labels)
+        return {"total": ce, "ce": ce}, logits
+
+    return loss

@@ -1,0 +1,135 @@
+"""Stage 2: distil a fresh student from a trained teacher (SFTN or standard), with one of
+the methods of :mod:`splicer.training.methods`; and the student trained alone, the
+"w/o KD" baseline.
+
+The teacher loses its student branches, is frozen and stays in eval mode; its forward
+pass runs under ``no_grad``. Students of the same seed start from the same weights
+whichever teacher (or none) they learn from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from splicer.assembly.build import build_student
+from splicer.assembly.modules import BlockNet
+from splicer.data import build_data
+from splicer.errors import SplicerError
+from splicer.spec import Spec
+from splicer.training.checkpoint import TEACHER_KINDS, load_checkpoint, network_from_checkpoint, resolve_checkpoint
+from splicer.training.distributed import Distributed
+from splicer.training.engine import LossFn, Runtime, Stage, fit, seed_everything
+from splicer.training.methods import METHODS, DistillMethod, create_method
+from splicer.training.runs import open_run
+from splicer.training.stage1 import cross_entropy_loss
+
+
+def train_student(spec: Spec, out: Path | None = None, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """The student alone with cross-entropy; returns the run summary."""
+    dist = Distributed.from_env()
+    runtime = Runtime.create(spec.train.device, dist)
+    run = open_run(spec.name, "student", out, resume)
+    seed_everything(spec.train.seed)
+    student = runtime.place(build_student(spec))
+    stage = Stage(
+        kind="student",
+        title=f"{spec.name} student alone",
+        model=student,
+        evaluator=student,
+        loss=cross_entropy_loss(student),
+    )
+    data = build_data(
+        spec.data, spec.input_size, spec.num_classes, spec.train.batch_size, runtime.device, spec.train.seed
+    )
+    return fit(stage, spec, run, data, runtime, dist, resume, quiet)
+
+
+def distill(
+    spec: Spec, teacher: str | Path, method: str, out: Path | None = None, resume: bool = False, quiet: bool = False
+) -> dict[str, Any]:
+    """Distil a fresh student of ``spec`` from the teacher run (or checkpoint) ``teacher``; returns the run summary."""
+    if method not in METHODS:
+        create_method(method, spec.distill, [], [])  # raises the registry's message with suggestions
+    teacher_path = resolve_checkpoint(teacher, "last")
+    checkpoint = load_checkpoint(teacher_path)
+    kind = checkpoint["kind"]
+    if kind not in TEACHER_KINDS:
+        raise SplicerError(
+            f"--teacher {teacher}: this is a {kind} run, not a teacher; "
+            "pass a run of `splicer train` (SFTN or --standard)"
+        )
+    _check_same_teacher(spec, checkpoint, teacher_path)
+    dist = Distributed.from_env()
+    runtime = Runtime.create(spec.train.device, dist)
+    run = open_run(spec.name, f"distill-{method}-{kind}", out, resume)
+    if resume:
+        _check_resumed_teacher(run.last, teacher_path)
+    seed_everything(spec.train.seed)
+    student = build_student(spec)
+    teacher_net = network_from_checkpoint(checkpoint, teacher_path, spec)
+    teacher_net.requires_grad_(False)
+    loss_method = create_method(method, spec.distill, block_shapes(teacher_net, spec), block_shapes(student, spec))
+    stage = Stage(
+        kind="distill",
+        title=f"{spec.name} {method} student from {kind} teacher",
+        model=runtime.place(student),
+        evaluator=student,
+        loss=distill_loss(student, runtime.place(teacher_net), runtime.place(loss_method)),
+        kl_term="kd",
+        extra={"method": loss_method},
+        frozen=[teacher_net],
+        meta={"method": method, "teacher": str(teacher_path), "teacher_kind": kind},
+    )
+    data = build_data(
+        spec.data, spec.input_size, spec.num_classes, spec.train.batch_size, runtime.device, spec.train.seed
+    )
+    return fit(stage, spec, run, data, runtime, dist, resume, quiet)
+
+
+def distill_loss(student: BlockNet, teacher: BlockNet, method: DistillMethod) -> LossFn:
+    """The method's weighted terms; the teacher runs without autograd, block features only when needed."""
+
+    def loss(images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        if method.needs_features:
+            with torch.no_grad():
+                t_features, t_logits = teacher.forward_features(images)
+            s_features, s_logits = student.forward_features(images)
+        else:
+            with torch.no_grad():
+                t_logits = teacher(images)
+            s_logits, s_features, t_features = student(images), [], []
+        terms = method(s_logits.float(), t_logits.float(), s_features, t_features, labels)
+        return terms, s_logits
+
+    return loss
+
+
+def block_shapes(network: BlockNet, spec: Spec) -> list[tuple[int, int, int]]:
+    """(C, H, W) of each block output, from one forward pass of a blank image in eval mode."""
+    was_training = network.training
+    network.eval()
+    with torch.no_grad():
+        features, _ = network.forward_features(torch.zeros(1, *spec.input_size))
+    network.train(was_training)
+    return [tuple(f.shape[1:]) for f in features]  # type: ignore[misc]
+
+
+def _check_same_teacher(spec: Spec, checkpoint: dict[str, Any], path: Path) -> None:
+    """The teacher weights must come from the teacher network this spec describes."""
+    trained = checkpoint["spec"]
+    if trained["teacher"]["model"] != spec.teacher.model or trained["num_classes"] != spec.num_classes:
+        raise SplicerError(
+            f"--teacher {path}: that teacher is {trained['teacher']['model']} with {trained['num_classes']} classes "
+            f"(spec {trained['name']!r}), but spec {spec.name!r} has teacher {spec.teacher.model} with "
+            f"{spec.num_classes} classes"
+        )
+
+
+def _check_resumed_teacher(last: Path, teacher_path: Path) -> None:
+    previous = Path(load_checkpoint(last)["meta"]["teacher"])
+    if previous.resolve() != teacher_path.resolve():
+        raise SplicerError(f"--resume: {last.parent} was distilled from {previous}; pass --teacher {previous}")
