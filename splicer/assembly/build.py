@@ -23,7 +23,7 @@ from splicer.synthesis.transforms import Transform, TransformPlan, plan_transfor
 from splicer.trace.cuts import CutPoint, find_cut_points, resolve_block_ends
 from splicer.trace.partition import split_graph
 from splicer.trace.shapes import propagate_shapes, tensor_shape
-from splicer.trace.stages import auto_block_ends
+from splicer.trace.stages import auto_block_ends, check_feature_layout
 from splicer.trace.tracer import TracedModel, trace_model
 
 EQUIVALENCE_TOLERANCE = 1e-5
@@ -110,6 +110,7 @@ def plan_network(spec: Spec, network: NetworkSpec, role: str, source: str, notes
     except SplicerError as exc:
         raise SplicerError(f"{source}: {role}.model: {exc}") from None
     cut_points = find_cut_points(traced)
+    check_feature_layout(model, cut_points, f"{source}: {role}.model: {network.model}")
     where = f"{source}: {role}.blocks"
     if network.blocks == "auto":
         ends, origin = auto_block_ends(traced, model, cut_points, network.num_blocks, f"{role} {network.model}")

@@ -48,7 +48,7 @@ SpecArg = Annotated[Path, typer.Argument(help="Spec file (YAML).", show_default=
 @user_errors
 def build(
     spec: SpecArg,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder [default: build/<name>].")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: build/<name>).")] = None,
 ) -> None:
     """Compile SPEC into an SFTN and write sftn.py, report.md, branch graphs and the resolved spec."""
     from splicer.assembly.build import compile_spec
@@ -67,7 +67,7 @@ def build(
 def inspect(
     target: Annotated[str, typer.Argument(help="A spec file, or a model reference such as timm:resnet50.", show_default=False)],
     input_size: Annotated[
-        tuple[int, int, int] | None, typer.Option("--input-size", help="C H W, for a model reference [default: 3 32 32].")
+        tuple[int, int, int] | None, typer.Option("--input-size", help="C H W, for a model reference (default: 3 32 32).")
     ] = None,
     num_classes: Annotated[int, typer.Option(help="Classes, for a model reference.")] = 1000,
     all_cuts: Annotated[bool, typer.Option("--all", help="List every cut point, not only stage ends.")] = False,
@@ -99,12 +99,12 @@ def _inspect_spec(path: Path, console: Any) -> None:
 def _inspect_model(reference: str, input_size: tuple[int, int, int], num_classes: int, all_cuts: bool, console: Any) -> None:
     from rich.table import Table
 
-    from splicer.errors import SpecError
+    from splicer.errors import SpecError, UnsupportedModelError
     from splicer.models.registry import create_model
     from splicer.spec.schema import NetworkSpec
     from splicer.trace.cuts import find_cut_points
     from splicer.trace.shapes import propagate_shapes
-    from splicer.trace.stages import auto_block_ends
+    from splicer.trace.stages import auto_block_ends, check_feature_layout
     from splicer.trace.tracer import trace_model
 
     if ":" not in reference:
@@ -114,7 +114,11 @@ def _inspect_model(reference: str, input_size: tuple[int, int, int], num_classes
     traced = trace_model(model, name=reference)
     propagate_shapes(traced.graph_module, input_size)
     cuts = find_cut_points(traced)
-    auto_ends, origin = auto_block_ends(traced, model, cuts, None, reference)
+    try:
+        check_feature_layout(model, cuts, reference)
+        auto_ends, origin = auto_block_ends(traced, model, cuts, None, reference)
+    except UnsupportedModelError as exc:
+        auto_ends, origin = [], f"none: {exc}"
     auto = {c.node for c in auto_ends}
     shown = cuts if all_cuts else [c for c in cuts if c.stage_end]
     title = f"{reference} at {'x'.join(map(str, input_size))}: {len(cuts)} valid cut points, {len(shown)} shown"

@@ -27,11 +27,13 @@ def check_feature_layout(model: nn.Module, cut_points: list[CutPoint], name: str
             f"{name}: its features are channels-last ({layout}); splicer's transforms and student blocks "
             "need NCHW feature maps. Channels-last models (e.g. Swin) are not supported yet."
         )
-    if not any(len(c.shape) == 3 and c.shape[1:] != (1, 1) for c in cut_points):
-        shapes = sorted({c.shape for c in cut_points}, key=len)[:3]
+    spatial = [c for c in cut_points if len(c.shape) == 3 and c.shape[1:] != (1, 1)]
+    tokens = [c for c in cut_points if len(c.shape) == 2 and (not spatial or c.position > spatial[-1].position)]
+    if not spatial or tokens:
+        seen = f"e.g. {tokens[0].label} of shape {tokens[0].shape}" if tokens else "no (C, H, W) feature map at all"
         raise UnsupportedModelError(
-            f"{name}: no cut point carries a (channels, height, width) feature map (shapes seen: {shapes}); "
-            "models whose features are token sequences (e.g. ViT) are not supported yet."
+            f"{name}: its features are token sequences ({seen}); splicer's transforms and student blocks need "
+            "(channels, height, width) feature maps. Token-sequence models (e.g. ViT) are not supported yet."
         )
 
 
@@ -61,7 +63,6 @@ def auto_block_ends(
     traced: TracedModel, model: nn.Module, cut_points: list[CutPoint], num_blocks: int | None, name: str
 ) -> tuple[list[CutPoint], str]:
     """Block ends for ``blocks: auto`` and where they came from; with ``num_blocks`` the deepest that many."""
-    check_feature_layout(model, cut_points, name)
     ends = feature_info_stage_ends(traced, model, cut_points)
     origin = "timm feature_info"
     if ends is None:

@@ -54,6 +54,28 @@ def _concrete_defaults(model: nn.Module) -> dict[str, object]:
     }
 
 
+def _drop_pinned_inputs(graph: fx.Graph) -> None:
+    """Remove the placeholders of pinned optional arguments and the asserts fx adds for them.
+
+    fx keeps such an argument as a placeholder whose only users check that it still has its
+    pinned value; the model's own computation never reads it.
+    """
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    for placeholder in [n for n in graph.nodes if n.op == "placeholder"][1:]:
+        reached, frontier = set(), [placeholder]
+        while frontier:
+            node = frontier.pop()
+            for user in node.users:
+                if user not in reached:
+                    reached.add(user)
+                    frontier.append(user)
+        if any(node.op == "output" for node in reached):
+            continue
+        for node in sorted(reached, key=order.__getitem__, reverse=True):
+            graph.erase_node(node)
+        graph.erase_node(placeholder)
+
+
 def trace_model(model: nn.Module, name: str = "model") -> TracedModel:
     """Symbolically trace ``model`` (x -> logits) keeping timm's leaf modules opaque."""
     leaf_modules, autowrap = _timm_leaves()
@@ -66,6 +88,7 @@ def trace_model(model: nn.Module, name: str = "model") -> TracedModel:
             "torch.fx can trace (no Python control flow on tensor values or shapes in forward); "
             "register offending modules with timm.layers.register_notrace_module to keep them opaque."
         ) from None
+    _drop_pinned_inputs(graph)
     graph_module = fx.GraphModule(tracer.root, graph, type(model).__name__)
     qualnames = {node.name: qualname for node, qualname in tracer.node_to_qualname.items()}
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
