@@ -182,3 +182,20 @@ def test_a_batch_size_read_at_the_top_does_not_block_cuts():
     assert result.equivalence_error == 0.0
     out = result.sftn(torch.randn(5, 3, 16, 16))  # another batch size than the trace's
     assert out.teacher_logits.shape == (5, 10) and out.branch_logits[0].shape == (5, 10)
+
+
+def test_functional_dropout_follows_train_and_eval_mode():
+    spec = {
+        "name": "dropout",
+        "num_classes": 10,
+        "input_size": [3, 16, 16],
+        "teacher": {"model": "python:tests.toy_nets:functional_dropout_head", "blocks": ["stage1", "stage2"]},
+        "student": {"model": "python:tests.toy_nets:functional_dropout_head", "blocks": ["stage1", "stage2"]},
+    }
+    result = splicer.compile_spec(spec_from_dict(spec))  # traced in train mode, checked in eval mode
+    assert result.equivalence_error == 0.0
+    teacher, x = result.sftn.teacher.train(), torch.randn(4, 3, 16, 16)
+    assert not torch.equal(teacher(x), teacher(x))  # dropout is live in train mode
+    branch = result.sftn.branches[0].eval()
+    feature = result.sftn.teacher.eval().forward_features(x)[0][0]
+    assert torch.equal(branch(feature), branch(feature))

@@ -80,3 +80,21 @@ class BatchSizeReader(nn.Module):
 
 def batch_size_reader(num_classes: int = 10) -> BatchSizeReader:
     return BatchSizeReader(num_classes)
+
+
+class FunctionalDropoutHead(nn.Module):
+    """A head that calls ``F.dropout(training=self.training)``, as many timm models do."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stage1 = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.ReLU())
+        self.stage2 = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stage2(self.stage1(x)).mean((2, 3))
+        return self.fc(nn.functional.dropout(x, p=0.5, training=self.training))
+
+
+def functional_dropout_head(num_classes: int = 10) -> FunctionalDropoutHead:
+    return FunctionalDropoutHead(num_classes)

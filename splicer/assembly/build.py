@@ -7,6 +7,7 @@ source are emitted; ``build`` returns just the module.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +172,8 @@ def assemble(spec: Spec, teacher: NetworkPlan, student: NetworkPlan, transforms:
     for i, plan in enumerate(transforms):
         # A fresh instance per branch: each branch starts from the student's own initialisation.
         fresh = create_model(spec.student.model, spec.num_classes, spec.student.kwargs, spec.student.checkpoint)
+        for name, module in student.traced.added_modules.items():
+            fresh.add_module(name, copy.deepcopy(module))
         parts = split_graph(student.traced.graph_module, cut_nodes, root=fresh)
         blocks = parts[i + 1 : -1]
         branches.append(Branch(Transform(plan), blocks, parts[-1], clone_input=_clone_flags(blocks[:1])[0]))
@@ -220,7 +223,9 @@ def verify_build(result: BuildResult) -> float:
     if error > EQUIVALENCE_TOLERANCE:
         raise SplicerError(
             f"{result.source}: the teacher's blocks run in sequence differ from {spec.teacher.model} by {error:.3g} "
-            f"(tolerance {EQUIVALENCE_TOLERANCE}); the traced graph does not reproduce the model"
+            f"(tolerance {EQUIVALENCE_TOLERANCE}); the traced graph does not reproduce the model. The usual cause is "
+            "forward code that reads self.training or tensor values in Python, which tracing evaluates once; "
+            "register such modules with timm.layers.register_notrace_module to keep them opaque"
         )
     return error
 

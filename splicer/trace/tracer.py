@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
+from torch.nn import functional as F
 from torchvision.models.feature_extraction import NodePathTracer
 
 from splicer.errors import UnsupportedModelError
@@ -21,10 +22,11 @@ from splicer.errors import UnsupportedModelError
 
 @dataclass
 class TracedModel:
-    """A traced model: its GraphModule and the module path of every node."""
+    """A traced model: its GraphModule, the module path of every node, and modules the tracer added."""
 
     graph_module: fx.GraphModule
     qualnames: dict[str, str] = field(default_factory=dict)  # node name -> module path of the op
+    added_modules: dict[str, nn.Module] = field(default_factory=dict)  # see _dropout_as_modules
 
     @property
     def nodes(self) -> list[fx.Node]:
@@ -76,6 +78,42 @@ def _drop_pinned_inputs(graph: fx.Graph) -> None:
         graph.erase_node(placeholder)
 
 
+_FUNCTIONAL_DROPOUT = {
+    F.dropout: nn.Dropout,
+    F.dropout1d: nn.Dropout1d,
+    F.dropout2d: nn.Dropout2d,
+    F.dropout3d: nn.Dropout3d,
+    F.alpha_dropout: nn.AlphaDropout,
+}
+
+
+def _dropout_as_modules(graph_module: fx.GraphModule) -> dict[str, nn.Module]:
+    """Turn ``F.dropout(x, p, training=self.training)`` into dropout modules.
+
+    Tracing evaluates ``self.training`` once and bakes the result into the graph, so a model
+    traced for training would drop activations in eval mode too. A module reads its own
+    training flag at run time, as the original code did.
+    """
+    added: dict[str, nn.Module] = {}
+    for node in list(graph_module.graph.nodes):
+        module_type = _FUNCTIONAL_DROPOUT.get(node.target) if node.op == "call_function" else None
+        if module_type is None:
+            continue
+        args = dict(zip(("input", "p", "training", "inplace"), node.args)) | dict(node.kwargs)
+        name = f"splicer_dropout_{len(added)}"
+        added[name] = module_type(p=args.get("p", 0.5), inplace=args.get("inplace", False))
+        graph_module.add_submodule(name, added[name])
+        with graph_module.graph.inserting_before(node):
+            replacement = graph_module.graph.call_module(name, (args["input"],))
+        replacement.meta = dict(node.meta)
+        node.replace_all_uses_with(replacement)
+        graph_module.graph.erase_node(node)
+        replacement.name = node.name
+    if added:
+        graph_module.recompile()
+    return added
+
+
 def trace_model(model: nn.Module, name: str = "model") -> TracedModel:
     """Symbolically trace ``model`` (x -> logits) keeping timm's leaf modules opaque."""
     leaf_modules, autowrap = _timm_leaves()
@@ -90,6 +128,7 @@ def trace_model(model: nn.Module, name: str = "model") -> TracedModel:
         ) from None
     _drop_pinned_inputs(graph)
     graph_module = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    added = _dropout_as_modules(graph_module)
     qualnames = {node.name: qualname for node, qualname in tracer.node_to_qualname.items()}
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
@@ -97,4 +136,4 @@ def trace_model(model: nn.Module, name: str = "model") -> TracedModel:
         raise UnsupportedModelError(
             f"{name}: forward takes inputs {names}; splicer needs models whose forward takes one image batch"
         )
-    return TracedModel(graph_module, qualnames)
+    return TracedModel(graph_module, qualnames, added)
