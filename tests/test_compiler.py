@@ -199,3 +199,29 @@ def test_functional_dropout_follows_train_and_eval_mode():
     branch = result.sftn.branches[0].eval()
     feature = result.sftn.teacher.eval().forward_features(x)[0][0]
     assert torch.equal(branch(feature), branch(feature))
+
+
+def test_modules_that_read_the_training_flag_stay_modules_and_dim0_reads_are_not_all_batch():
+    spec = {
+        "name": "tricky",
+        "num_classes": 10,
+        "input_size": [3, 16, 16],
+        "teacher": {"model": "python:tests.toy_nets:tricky_net", "blocks": ["stage1", "stage2"]},
+        "student": {"model": "python:tests.toy_nets:tricky_net", "blocks": ["stage1", "stage2"]},
+    }
+    result = splicer.compile_spec(spec_from_dict(spec))  # traced in train mode, checked in eval mode
+    assert result.equivalence_error == 0.0
+    assert any(n.op == "call_module" and n.target == "stage1.3" for n in result.teacher.traced.nodes)
+    sftn = result.sftn.eval()
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        first, second = sftn(x), sftn(x)
+    assert torch.equal(first.teacher_logits, second.teacher_logits)
+    assert first.branch_logits[0].shape == (5, 10)
+
+
+def test_an_isotropic_model_has_too_few_stages_for_auto():
+    spec = toy_spec()
+    spec["teacher"] = {"model": "timm:convmixer_768_32"}
+    with pytest.raises(CutError, match="auto found 1 stage end"):
+        splicer.compile_spec(spec_from_dict({**spec, "input_size": [3, 32, 32]}), verify=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
@@ -98,3 +99,38 @@ class FunctionalDropoutHead(nn.Module):
 
 def functional_dropout_head(num_classes: int = 10) -> FunctionalDropoutHead:
     return FunctionalDropoutHead(num_classes)
+
+
+class RandomDepth(nn.Module):
+    """Stochastic depth written with ``self.training`` in Python, as timm's DropPath is."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        keep = (torch.rand(x.shape[0], 1, 1, 1) > 0.5).to(x.dtype)
+        return x * keep * 2
+
+
+class HeadsSplit(nn.Module):
+    """Folds 2 heads into dim 0 and reads dim 0 back: that size(0) is batch x heads, not the batch."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        folded = x.reshape(x.shape[0] * 2, x.shape[1] // 2, x.shape[2], x.shape[3])
+        rows = folded.size(0)
+        return folded.reshape(rows // 2, -1, x.shape[2], x.shape[3])
+
+
+class TrickyNet(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stage1 = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.ReLU(), RandomDepth())
+        self.stage2 = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), HeadsSplit(), nn.BatchNorm2d(16), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.pool(self.stage2(self.stage1(x))).flatten(1))
+
+
+def tricky_net(num_classes: int = 10) -> TrickyNet:
+    return TrickyNet(num_classes)

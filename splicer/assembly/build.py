@@ -24,7 +24,7 @@ from splicer.synthesis.transforms import Transform, TransformPlan, plan_transfor
 from splicer.trace.cuts import CutPoint, find_cut_points, resolve_block_ends
 from splicer.trace.partition import split_graph
 from splicer.trace.shapes import propagate_shapes, tensor_shape
-from splicer.trace.stages import auto_block_ends, check_feature_layout
+from splicer.trace.stages import auto_block_ends, check_feature_layout, match_ends
 from splicer.trace.tracer import TracedModel, trace_model
 
 EQUIVALENCE_TOLERANCE = 1e-5
@@ -146,18 +146,21 @@ def _pair_blocks(teacher: NetworkPlan, student: NetworkPlan, spec: Spec, source:
             f"{source}: teacher.blocks lists {n_t} block ends and student.blocks {n_s}; "
             "teacher and student need the same number of blocks"
         )
-    # An automatic side keeps its deepest stages to match the other side.
+    # An automatic side keeps the stages that best match the other side's resolutions.
     n = min(n_t, n_s)
-    for plan, spec_net in ((teacher, spec.teacher), (student, spec.student)):
+    for plan, other in ((teacher, student), (student, teacher)):
         if len(plan.block_ends) > n:
             if not plan.auto:
                 raise CutError(
                     f"{source}: {plan.role}.blocks lists {len(plan.block_ends)} block ends but the other network "
                     f"has only {n} stages; list {n} block ends"
                 )
-            dropped = [c.label for c in plan.block_ends[:-n]]
-            notes.append(f"{plan.role}: auto kept its last {n} stages to pair with the other network (merged {', '.join(dropped)})")
-            kept = plan.block_ends[-n:]
+            kept = match_ends(plan.block_ends, other.block_shapes)
+            dropped = [c.label for c in plan.block_ends if c not in kept]
+            notes.append(
+                f"{plan.role}: auto kept {', '.join(c.label for c in kept)} to pair with the other network's "
+                f"{n} blocks (merged {', '.join(dropped)} into the blocks after them)"
+            )
             node_by_name = {nd.name: nd for nd in plan.traced.nodes}
             plan.block_ends = kept
             plan.parts = split_graph(plan.traced.graph_module, [node_by_name[c.node] for c in kept])

@@ -120,7 +120,7 @@ def _inspect_model(reference: str, input_size: tuple[int, int, int], num_classes
     except UnsupportedModelError as exc:
         auto_ends, origin = [], f"none: {exc}"
     auto = {c.node for c in auto_ends}
-    shown = cuts if all_cuts else [c for c in cuts if c.stage_end]
+    shown = cuts if all_cuts else [c for c in cuts if c.stage_end or c.node in auto]
     title = f"{reference} at {'x'.join(map(str, input_size))}: {len(cuts)} valid cut points, {len(shown)} shown"
     table = Table("Cut point (spec name)", "fx node", "Output shape", "Stage end", "auto", title=title, title_justify="left")
     for c in shown:

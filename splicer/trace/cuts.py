@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from torch import fx
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from splicer.errors import CutError, closest
 from splicer.trace.shapes import tensor_shape
@@ -42,19 +43,29 @@ def batch_size_nodes(nodes: list[fx.Node]) -> dict[fx.Node, str]:
     A batch size read once at the top and used at the bottom would make every cut look invalid;
     since every tensor in a CNN has the same batch size, each block re-reads it from its own input.
     """
+    batch = _leading_size(nodes[0]) if nodes else None
     values: set[fx.Node] = set()
     for node in nodes:
         if node.op == "call_method" and node.target == "size" and (node.args[1:] == (0,) or node.kwargs == {"dim": 0}):
-            values.add(node)
+            tensor = node.args[0]
         elif node.op == "call_function" and node.target is operator.getitem and node.args[1:] == (0,):
-            source = node.args[0]
-            if isinstance(source, fx.Node) and _is_whole_shape(source):
-                values.add(node)
+            shape = node.args[0]
+            tensor = shape.args[0] if isinstance(shape, fx.Node) and _is_whole_shape(shape) else None
+        else:
+            continue
+        # dim 0 is the batch only where it has the batch's size (not batch x heads in attention)
+        if isinstance(tensor, fx.Node) and batch is not None and _leading_size(tensor) == batch:
+            values.add(node)
     found = {node: "value" for node in values}
     for node in nodes:
         if _is_whole_shape(node) and node.users and all(user in values for user in node.users):
             found[node] = "helper"
     return found
+
+
+def _leading_size(node: fx.Node) -> int | None:
+    meta = node.meta.get("tensor_meta")
+    return int(meta.shape[0]) if isinstance(meta, TensorMetadata) and len(meta.shape) else None
 
 
 def _is_whole_shape(node: fx.Node) -> bool:

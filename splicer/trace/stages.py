@@ -8,6 +8,8 @@ conv) is merged into the next one: the paper never gives such a sliver a branch 
 
 from __future__ import annotations
 
+from itertools import combinations
+
 from torch import nn
 
 from splicer.errors import UnsupportedModelError
@@ -71,10 +73,33 @@ def auto_block_ends(
     last_spatial = [c for c in cut_points if len(c.shape) == 3 and c.shape[1:] != (1, 1)][-1]
     if ends[-1].position < last_spatial.position and last_spatial.shape[1:] == ends[-1].shape[1:]:
         ends[-1] = last_spatial
-    ends = merge_slivers(traced, ends)
+    ends = merge_slivers(traced, _one_per_resolution(ends))
     if num_blocks is not None:
         ends = ends[-num_blocks:]
     return ends, origin
+
+
+def _one_per_resolution(ends: list[CutPoint]) -> list[CutPoint]:
+    """Keep the last of consecutive ends at one spatial size (an isotropic model is one stage)."""
+    return [end for end, nxt in zip(ends, ends[1:] + [None]) if nxt is None or nxt.shape[1:] != end.shape[1:]]
+
+
+def match_ends(ends: list[CutPoint], other_shapes: list[tuple[int, ...]]) -> list[CutPoint]:
+    """Choose ``len(other_shapes)`` of ``ends`` to pair with the other network's block ends.
+
+    The last end (before the head) always stays; among the rest, the choice that puts the most
+    blocks at the same resolution as the other network wins (1x1 transforms, as the paper
+    pairs), then the deepest.
+    """
+    n = len(other_shapes)
+    best = max(
+        (list(chosen) + [len(ends) - 1] for chosen in combinations(range(len(ends) - 1), n - 1)),
+        key=lambda idx: (
+            sum(ends[i].shape[1:] == other[1:] for i, other in zip(idx, other_shapes)),
+            idx,
+        ),
+    )
+    return [ends[i] for i in best]
 
 
 def merge_slivers(traced: TracedModel, ends: list[CutPoint]) -> list[CutPoint]:

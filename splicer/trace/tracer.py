@@ -8,6 +8,7 @@ we pass its lists on, exactly as timm's own feature extractor does.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from dataclasses import dataclass, field
@@ -114,10 +115,36 @@ def _dropout_as_modules(graph_module: fx.GraphModule) -> dict[str, nn.Module]:
     return added
 
 
+@functools.cache
+def _reads_training_flag(module_type: type[nn.Module]) -> bool:
+    """Whether a module class's forward branches on ``self.training`` in Python."""
+    if module_type.__module__.startswith("torch.nn."):
+        return False
+    try:
+        source = inspect.getsource(module_type.forward)
+    except (OSError, TypeError):
+        return False
+    return "self.training" in source
+
+
+class ModeAwareTracer(NodePathTracer):
+    """torchvision's tracer, also keeping opaque every submodule whose forward reads ``self.training``.
+
+    Tracing evaluates ``self.training`` once, so stochastic depth or a hand-written norm
+    traced through in training mode would stay in training mode for ever; kept as a module
+    call, it reads its flag at run time, as the original code did.
+    """
+
+    def is_leaf_module(self, module: nn.Module, qualname: str) -> bool:
+        if qualname and _reads_training_flag(type(module)):
+            return True
+        return super().is_leaf_module(module, qualname)
+
+
 def trace_model(model: nn.Module, name: str = "model") -> TracedModel:
     """Symbolically trace ``model`` (x -> logits) keeping timm's leaf modules opaque."""
     leaf_modules, autowrap = _timm_leaves()
-    tracer = NodePathTracer(leaf_modules=leaf_modules, autowrap_functions=tuple(autowrap))
+    tracer = ModeAwareTracer(leaf_modules=leaf_modules, autowrap_functions=tuple(autowrap))
     try:
         graph = tracer.trace(model, concrete_args=_concrete_defaults(model) or None)
     except (torch.fx.proxy.TraceError, TypeError, RuntimeError, AttributeError, NotImplementedError) as exc:
