@@ -11,6 +11,8 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
+from splicer.models.cifar.common import init_conv_bn
+
 # Channels of each conv, stage by stage (the CIFAR-100 benchmark's configurations).
 VGG_CONFIGS: dict[str, list[list[int]]] = {
     "vgg8": [[64], [128], [256], [512], [512]],
@@ -51,7 +53,9 @@ class VGG(nn.Module):
         self.pool3 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
-        _init_weights(self)
+        init_conv_bn(self)
+        nn.init.normal_(self.fc.weight, 0, 0.01)
+        nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.pool1(self.stage1(x))
@@ -60,20 +64,6 @@ class VGG(nn.Module):
         x = self.stage5(self.stage4(x))
         x = self.avgpool(x).flatten(1)
         return self.fc(x)
-
-
-def _init_weights(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0, 0.01)
-            nn.init.zeros_(module.bias)
 
 
 def _factory(name: str):
