@@ -79,7 +79,7 @@ def timed_pieces(spec: Spec) -> dict[str, float]:
         def cut() -> tuple[list, list, list]:
             cut_points = find_cut_points(traced)
             if network.blocks == "auto":
-                ends, _ = auto_block_ends(traced, model, cut_points, network.num_blocks, role)
+                ends, _ = auto_block_ends(traced, model, cut_points, network.num_blocks)
             else:
                 by_node = {c.node: c for c in cut_points}
                 nodes = resolve_block_ends(traced, network.blocks, cut_points, role)

@@ -23,7 +23,7 @@ from splicer.spec.schema import NetworkSpec
 from splicer.synthesis.transforms import Transform, TransformPlan, plan_transform
 from splicer.trace.cuts import CutPoint, find_cut_points, resolve_block_ends
 from splicer.trace.partition import split_graph
-from splicer.trace.shapes import propagate_shapes, tensor_shape
+from splicer.trace.shapes import propagate_shapes
 from splicer.trace.stages import auto_block_ends, check_feature_layout, match_ends
 from splicer.trace.tracer import TracedModel, trace_model
 
@@ -88,7 +88,7 @@ def compile_spec(spec_or_path: Spec | str | Path, verify: bool = True) -> BuildR
     notes: list[str] = []
     teacher = plan_network(spec, spec.teacher, "teacher", source, notes)
     student = plan_network(spec, spec.student, "student", source, notes)
-    _pair_blocks(teacher, student, spec, source, notes)
+    _pair_blocks(teacher, student, source, notes)
     transforms = [
         plan_transform(teacher.block_shapes[i], student.block_shapes[i]) for i in range(len(teacher.block_ends) - 1)
     ]
@@ -114,7 +114,7 @@ def plan_network(spec: Spec, network: NetworkSpec, role: str, source: str, notes
     check_feature_layout(model, cut_points, f"{source}: {role}.model: {network.model}")
     where = f"{source}: {role}.blocks"
     if network.blocks == "auto":
-        ends, origin = auto_block_ends(traced, model, cut_points, network.num_blocks, f"{role} {network.model}")
+        ends, origin = auto_block_ends(traced, model, cut_points, network.num_blocks)
         notes.append(f"{role}: blocks: auto chose {', '.join(c.label for c in ends)} ({origin})")
         if len(ends) < 2:
             raise CutError(
@@ -136,7 +136,7 @@ def plan_network(spec: Spec, network: NetworkSpec, role: str, source: str, notes
     return NetworkPlan(role, network.model, model, traced, cut_points, ends, parts, network.blocks == "auto")
 
 
-def _pair_blocks(teacher: NetworkPlan, student: NetworkPlan, spec: Spec, source: str, notes: list[str]) -> None:
+def _pair_blocks(teacher: NetworkPlan, student: NetworkPlan, source: str, notes: list[str]) -> None:
     """Teacher block i feeds student block i+1: both networks need the same number of blocks."""
     n_t, n_s = len(teacher.block_ends), len(student.block_ends)
     if n_t == n_s:

@@ -116,7 +116,7 @@ def _inspect_model(reference: str, input_size: tuple[int, int, int], num_classes
     cuts = find_cut_points(traced)
     try:
         check_feature_layout(model, cuts, reference)
-        auto_ends, origin = auto_block_ends(traced, model, cuts, None, reference)
+        auto_ends, origin = auto_block_ends(traced, model, cuts, None)
     except UnsupportedModelError as exc:
         auto_ends, origin = [], f"none: {exc}"
     auto = {c.node for c in auto_ends}

@@ -62,7 +62,7 @@ def feature_info_stage_ends(traced: TracedModel, model: nn.Module, cut_points: l
 
 
 def auto_block_ends(
-    traced: TracedModel, model: nn.Module, cut_points: list[CutPoint], num_blocks: int | None, name: str
+    traced: TracedModel, model: nn.Module, cut_points: list[CutPoint], num_blocks: int | None
 ) -> tuple[list[CutPoint], str]:
     """Block ends for ``blocks: auto`` and where they came from; with ``num_blocks`` the deepest that many."""
     ends = feature_info_stage_ends(traced, model, cut_points)
