@@ -278,6 +278,15 @@ def test_overrides_change_train_fields_and_any_dotted_field():
         apply_overrides(spec, None, ["data.resize"])
 
 
+def test_a_new_recipe_brings_its_own_defaults_but_keeps_explicit_values():
+    spec = spec_from_dict({**training_spec(), "train": {"recipe": "cifar"}})
+    imagenet = apply_overrides(spec, {"epochs": 7}, ["train.recipe=imagenet", "train.batch_size=32"])
+    assert (imagenet.train.lr, imagenet.train.weight_decay, imagenet.train.milestones) == (0.1, 1e-4, [30, 60, 90])
+    assert (imagenet.train.epochs, imagenet.train.batch_size) == (7, 32)
+    tuned = spec_from_dict({**training_spec(), "train": {"recipe": "cifar", "lr": 0.2}})
+    assert apply_overrides(tuned, None, ["train.recipe=imagenet"]).train.lr == 0.2  # the user's own value stays
+
+
 def test_linear_cka_matches_its_definition_and_invariances():
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(200, 12, generator=generator, dtype=torch.float64)

@@ -101,6 +101,9 @@ _IMAGENET_RECIPE = dict(
 )
 
 
+RECIPES: dict[str, dict[str, Any]] = {"cifar": _CIFAR_RECIPE, "imagenet": _IMAGENET_RECIPE}
+
+
 class TrainSpec(_Strict):
     """Optimisation recipe. `recipe` picks the paper's defaults; any field given overrides them."""
 
@@ -120,8 +123,7 @@ class TrainSpec(_Strict):
     @classmethod
     def _apply_recipe(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            recipe = _IMAGENET_RECIPE if data.get("recipe") == "imagenet" else _CIFAR_RECIPE
-            data = {**recipe, **data}
+            data = {**RECIPES.get(data.get("recipe", "cifar"), _CIFAR_RECIPE), **data}
         return data
 
 

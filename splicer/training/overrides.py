@@ -9,6 +9,7 @@ import yaml
 
 from splicer.errors import SpecError
 from splicer.spec import Spec, spec_from_dict
+from splicer.spec.schema import RECIPES
 
 
 def apply_overrides(spec: Spec, train: dict[str, Any] | None = None, assignments: list[str] | None = None) -> Spec:
@@ -18,15 +19,29 @@ def apply_overrides(spec: Spec, train: dict[str, Any] | None = None, assignments
     The result is validated again, so a bad key or value gets the spec's own error message.
     """
     data = spec.model_dump(mode="json")
-    for key, value in (train or {}).items():
-        if value is not None:
-            data["train"][key] = value
+    explicit = {key for key, value in (train or {}).items() if value is not None}
+    for key in explicit:
+        data["train"][key] = train[key]  # type: ignore[index]
     for assignment in assignments or []:
         key, sep, text = assignment.partition("=")
         if not sep or not key.strip():
             raise SpecError(f"--set {assignment!r}: expected KEY.PATH=VALUE, e.g. --set data.resize=16")
-        _assign(data, key.strip().split("."), _parse(text, assignment), assignment)
+        path = key.strip().split(".")
+        _assign(data, path, _parse(text, assignment), assignment)
+        if path[0] == "train" and len(path) == 2:
+            explicit.add(path[1])
+    _follow_recipe(data["train"], spec.train.recipe, explicit)
     return spec_from_dict(data, source="the spec with command-line overrides")
+
+
+def _follow_recipe(train: dict[str, Any], old: str, explicit: set[str]) -> None:
+    """A new ``train.recipe`` replaces the values that came from the old recipe's defaults."""
+    new = train.get("recipe", old)
+    if new == old or new not in RECIPES:
+        return
+    for key, value in RECIPES[old].items():
+        if key not in explicit and train.get(key) == value:
+            del train[key]
 
 
 def _parse(text: str, assignment: str) -> Any:
