@@ -9,23 +9,26 @@ is shared, so the load average is recorded with the results in
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import_start = time.perf_counter()
-import timm  # noqa: E402
+import timm  # noqa: E402, F401  (timed with the other imports; timm models are compiled below)
 import torch  # noqa: E402
+from provenance import provenance  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-from splicer.assembly.build import BuildResult, NetworkPlan, assemble, compile_spec, verify_build  # noqa: E402
+from splicer.assembly.build import (  # noqa: E402
+    BuildResult,
+    NetworkPlan,
+    assemble,
+    compile_spec,
+    verify_build,
+)
 from splicer.models.registry import create_model  # noqa: E402
 from splicer.spec import Spec, load_spec, spec_from_dict  # noqa: E402
 from splicer.synthesis.transforms import plan_transform  # noqa: E402
@@ -133,14 +136,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: verify {verified:.3f} s, no verify {unverified:.3f} s (target {target} s) "
               + ", ".join(f"{p} {s:.3f}" for p, s in pieces.items()), flush=True)
     meta = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": shlex.join(["python", sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), torch threads {args.threads}",
+        **provenance(argv, args.threads),
         "load average before (1/5/15 min)": " ".join(f"{x:.2f}" for x in load_before),
-        "load average after (1/5/15 min)": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "imports s (torch, timm, splicer; first import in this process)": round(IMPORT_SECONDS, 2),
         "runs per figure": f"median of {args.runs}, after one warm-up compile",
     }

@@ -12,20 +12,15 @@ to ``benchmarks/results/timm_coverage.{md,json}``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
-import os
-import platform
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
+from provenance import provenance  # benchmarks/ is on sys.path when run as a script
 from timm.models import get_pretrained_cfg_value
 
 import splicer
@@ -300,13 +295,7 @@ def main(argv: list[str] | None = None) -> None:
             timing = f"build {row.build_s}s fwd+bwd {row.fwd_bwd_s}s" if row.ok else ""
             print(f"{family:18} {model:30} {direction:8} {status}  {timing}", flush=True)
     meta = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": shlex.join(["python", sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}",
-        "load average at end (1/5/15 min)": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        **provenance(argv, args.threads),
         "input": "x".join(map(str, args.input_size)) + f", batch {args.batch}, {args.num_classes} classes "
         "(larger where a model needs it, see the model column)",
         "pairs": f"model as teacher vs {args.student}; {args.teacher} as teacher vs model",

@@ -34,3 +34,9 @@ def toy_spec(**overrides: object) -> dict:
     }
     spec.update(overrides)
     return spec
+
+
+def toy_pair(factory: str) -> dict:
+    """Teacher and student both ``tests.toy_nets.<factory>``, cut after ``stage1`` and ``stage2``."""
+    network = {"model": f"python:tests.toy_nets:{factory}", "blocks": ["stage1", "stage2"]}
+    return {"name": factory, "num_classes": 10, "input_size": [3, 16, 16], "teacher": network, "student": dict(network)}

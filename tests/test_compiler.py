@@ -13,7 +13,7 @@ import splicer
 from splicer.emission.artifacts import emit_artifacts
 from splicer.errors import CutError, SplicerError
 from splicer.spec import spec_from_dict
-from tests.conftest import REPO, toy_spec
+from tests.conftest import REPO, toy_pair, toy_spec
 
 VGG_SPEC = REPO / "specs" / "vgg13_vgg8.yaml"
 
@@ -149,13 +149,7 @@ def test_the_logits_are_not_a_block_end():
 
 
 def test_block_whose_input_is_modified_in_place_gets_a_copy():
-    spec = {
-        "name": "inplace",
-        "num_classes": 10,
-        "input_size": [3, 16, 16],
-        "teacher": {"model": "python:tests.toy_nets:preact_start", "blocks": ["stage1", "stage2"]},
-        "student": {"model": "python:tests.toy_nets:preact_start", "blocks": ["stage1", "stage2"]},
-    }
+    spec = toy_pair("preact_start")
     sftn = splicer.build(spec_from_dict(spec))
     assert sftn.teacher.clone_inputs == [False, True]
     assert sftn.branches[0].clone_input
@@ -171,13 +165,7 @@ def test_build_accepts_a_path_and_a_spec(vgg_result):
 
 
 def test_a_batch_size_read_at_the_top_does_not_block_cuts():
-    spec = {
-        "name": "batch",
-        "num_classes": 10,
-        "input_size": [3, 16, 16],
-        "teacher": {"model": "python:tests.toy_nets:batch_size_reader", "blocks": ["stage1", "stage2"]},
-        "student": {"model": "python:tests.toy_nets:batch_size_reader", "blocks": ["stage1", "stage2"]},
-    }
+    spec = toy_pair("batch_size_reader")
     result = splicer.compile_spec(spec_from_dict(spec))
     assert result.equivalence_error == 0.0
     out = result.sftn(torch.randn(5, 3, 16, 16))  # another batch size than the trace's
@@ -185,13 +173,7 @@ def test_a_batch_size_read_at_the_top_does_not_block_cuts():
 
 
 def test_functional_dropout_follows_train_and_eval_mode():
-    spec = {
-        "name": "dropout",
-        "num_classes": 10,
-        "input_size": [3, 16, 16],
-        "teacher": {"model": "python:tests.toy_nets:functional_dropout_head", "blocks": ["stage1", "stage2"]},
-        "student": {"model": "python:tests.toy_nets:functional_dropout_head", "blocks": ["stage1", "stage2"]},
-    }
+    spec = toy_pair("functional_dropout_head")
     result = splicer.compile_spec(spec_from_dict(spec))  # traced in train mode, checked in eval mode
     assert result.equivalence_error == 0.0
     teacher, x = result.sftn.teacher.train(), torch.randn(4, 3, 16, 16)
@@ -202,13 +184,7 @@ def test_functional_dropout_follows_train_and_eval_mode():
 
 
 def test_modules_that_read_the_training_flag_stay_modules_and_dim0_reads_are_not_all_batch():
-    spec = {
-        "name": "tricky",
-        "num_classes": 10,
-        "input_size": [3, 16, 16],
-        "teacher": {"model": "python:tests.toy_nets:tricky_net", "blocks": ["stage1", "stage2"]},
-        "student": {"model": "python:tests.toy_nets:tricky_net", "blocks": ["stage1", "stage2"]},
-    }
+    spec = toy_pair("tricky_net")
     result = splicer.compile_spec(spec_from_dict(spec))  # traced in train mode, checked in eval mode
     assert result.equivalence_error == 0.0
     assert any(n.op == "call_module" and n.target == "stage1.3" for n in result.teacher.traced.nodes)
