@@ -1,94 +1,213 @@
 """Why does a short-trained SFTN teacher lose accuracy? Variants of stage 1, on a validation split.
 
 Trains, for one seed on the CPU proof configuration with ``--train-subset`` training images and
-5,000 held-out validation images (never the test set): the standard teacher and a KD student
-from it, then for each SFTN variant the SFTN teacher and a KD student from it. Variants change
-one thing each: lambda_KL, the KL direction, or the schedule length. Stores a table in
-``benchmarks/results/sftn_ablation.md`` / ``.json``.
+5,000 held-out validation images (never the test set), a teacher per variant and a KD student
+from it. Each variant changes one thing in stage 1: lambda_KL, the KL direction, the transform
+layers, or the schedule length (stage-1 epochs, milestones at 60% and 90%). Stage 2 keeps the
+spec's schedule for every variant, so the students differ only by their teacher. The student
+trained alone is the reference KD must beat. Stores ``benchmarks/results/sftn_ablation.md`` /
+``.json``.
 
     python benchmarks/sftn_ablation.py --train-subset 20000
+    python benchmarks/sftn_ablation.py --only standard-e40,sftn-kl3-e40   # some variants, e.g. in parallel
+
+Finished runs in ``--runs`` are reused, so the full command after partial ones only writes the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from proof import REPO, RESULTS, SPECS, VALIDATION_IMAGES, cifar10_root  # noqa: E402
+from provenance import provenance  # noqa: E402
 
-VARIANTS: dict[str, list[str]] = {
-    "SFTN, paper defaults (lambda_KL 3, KL(q_T||q_R))": [],
-    "SFTN, lambda_KL 1": ["loss.branch_kl=1.0"],
-    "SFTN, KL(q_R||q_T) (the paper's equation as written)": ["loss.kl_direction=branch_teacher"],
-    "SFTN, lambda_KL 0 (branches trained, no KL to the teacher)": ["loss.branch_kl=0.0"],
-}
+
+@dataclass(frozen=True)
+class Variant:
+    """One stage-1 setting; ``folder`` names its runs, so finished runs are found again."""
+
+    folder: str
+    label: str
+    kind: str  # "standard", "sftn" or "student" (the student alone, no teacher)
+    stage1: tuple[str, ...] = ()  # spec assignments for stage 1 only
+    epochs: int | None = None  # stage-1 epochs; None keeps the spec's
+
+
+def schedule(epochs: int) -> list[str]:
+    """Stage-1 epochs with the spec's milestone proportions (6 and 9 of 10)."""
+    return [f"train.epochs={epochs}", f"train.milestones=[{round(0.6 * epochs)}, {round(0.9 * epochs)}]"]
+
+
+VARIANTS: list[Variant] = [
+    Variant("student-alone", "Student alone (no teacher)", "student"),
+    Variant("standard-e10", "Standard teacher (CE only)", "standard"),
+    Variant("sftn-kl3-e10", "SFTN, paper defaults (lambda_KL 3, KL(q_T||q_R))", "sftn"),
+    Variant("sftn-kl1-e10", "SFTN, lambda_KL 1", "sftn", ("loss.branch_kl=1.0",)),
+    Variant(
+        "sftn-kl3-reversed-e10",
+        "SFTN, KL(q_R||q_T) (the paper's equation as written)",
+        "sftn",
+        ("loss.kl_direction=branch_teacher",),
+    ),
+    Variant(
+        "sftn-kl0-e10", "SFTN, lambda_KL 0 (branches trained, no KL to the teacher)", "sftn", ("loss.branch_kl=0.0",)
+    ),
+    Variant("sftn-kl3-t3x3-e10", "SFTN, 3x3 transforms instead of 1x1", "sftn", ("transforms.equal_kernel=3",)),
+    Variant(
+        "sftn-kl3-tlinear-e10",
+        "SFTN, transforms without ReLU (conv + BN only)",
+        "sftn",
+        ("transforms.activation=false",),
+    ),
+    *(
+        Variant(f"{name}-e{epochs}", label, kind, extra, epochs)
+        for epochs in (20, 40)
+        for name, label, kind, extra in (
+            ("standard", "Standard teacher (CE only)", "standard", ()),
+            ("sftn-kl3", "SFTN, paper defaults (lambda_KL 3)", "sftn", ()),
+            ("sftn-kl1", "SFTN, lambda_KL 1", "sftn", ("loss.branch_kl=1.0",)),
+        )
+    ),
+]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-subset", type=int, default=20000, help="training images (default: 20000)")
-    parser.add_argument("--epochs", type=int, help="override the spec's epochs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--only",
+        help="comma-separated variant folders to run (default: all, then write the table); "
+        f"choices: {', '.join(v.folder for v in VARIANTS)}",
+    )
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "sftn_ablation")
     parser.add_argument("--data-root", type=Path)
     args = parser.parse_args(argv)
 
+    chosen = VARIANTS
+    if args.only:
+        names = args.only.split(",")
+        unknown = sorted(set(names) - {v.folder for v in VARIANTS})
+        if unknown:
+            parser.error(
+                f"--only: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(v.folder for v in VARIANTS)}"
+            )
+        chosen = [v for v in VARIANTS if v.folder in names]
+
     from splicer.spec import load_spec
     from splicer.training.overrides import apply_overrides
-    from splicer.training.stage1 import train_teacher
-    from splicer.training.stage2 import distill
 
     root = cifar10_root(args.data_root)
-    base = [f"data.root={root}", f"data.val_split={VALIDATION_IMAGES}", f"data.train_subset={args.train_subset}"]
+    base = [
+        f"data.root={root}",
+        f"data.val_split={VALIDATION_IMAGES}",
+        f"data.train_subset={args.train_subset}",
+        f"train.seed={args.seed}",
+    ]
 
     def spec_with(extra: list[str]):
-        spec = load_spec(SPECS / "proof_cpu.yaml")
-        return apply_overrides(spec, train={"epochs": args.epochs, "seed": args.seed}, assignments=base + extra)
+        return apply_overrides(load_spec(SPECS / "proof_cpu.yaml"), assignments=base + extra)
 
-    rows = []
-
-    def run(label: str, extra: list[str], standard: bool) -> None:
-        folder = args.runs / f"{len(rows)}"
-        spec = spec_with(extra)
-        done = folder / "teacher" / "summary.json"
-        teacher = json.loads(done.read_text()) if done.is_file() else train_teacher(
-            spec, standard, folder / "teacher", resume=(folder / "teacher" / "last.pt").is_file(), quiet=True
-        )
-        done = folder / "kd" / "summary.json"
-        student = json.loads(done.read_text()) if done.is_file() else distill(
-            spec, folder / "teacher", "kd", folder / "kd", resume=(folder / "kd" / "last.pt").is_file(), quiet=True
-        )
-        rows.append(
-            {"variant": label, "overrides": extra, "teacher_top1": teacher["final"]["top1"], "kd_student_top1": student["final"]["top1"]}
-        )
-        print(f"{label}: teacher {teacher['final']['top1']:.2f}, KD student {student['final']['top1']:.2f}", flush=True)
-
-    run("Standard teacher (CE only)", [], standard=True)
-    for label, extra in VARIANTS.items():
-        run(label, extra, standard=False)
+    rows = [run_variant(v, spec_with, args.runs) for v in chosen]
+    if args.only:
+        return
     spec = spec_with([])
+    write_table(rows, spec, args, argv)
+
+
+def run_variant(variant: Variant, spec_with, runs: Path) -> dict[str, Any]:
+    """Train (or reuse) the variant's teacher and its KD student; returns the table row."""
+    from splicer.training.stage1 import train_teacher
+    from splicer.training.stage2 import distill, train_student
+
+    folder = runs / variant.folder
+    stage2_spec = spec_with([])
+    if variant.kind == "student":
+        student = _reuse(folder / "student") or train_student(
+            stage2_spec, folder / "student", resume=(folder / "student" / "last.pt").is_file(), quiet=True
+        )
+        row = {"variant": variant.label, "folder": variant.folder, "stage1_epochs": None, "overrides": []}
+        row |= {"teacher_top1": None, "kd_student_top1": student["final"]["top1"]}
+        print(f"{variant.label}: {row['kd_student_top1']:.2f}", flush=True)
+        return row
+    overrides = list(variant.stage1) + (schedule(variant.epochs) if variant.epochs else [])
+    teacher_spec = spec_with(overrides)
+    teacher = _reuse(folder / "teacher") or train_teacher(
+        teacher_spec,
+        variant.kind == "standard",
+        folder / "teacher",
+        resume=(folder / "teacher" / "last.pt").is_file(),
+        quiet=True,
+    )
+    student = _reuse(folder / "kd") or distill(
+        stage2_spec, folder / "teacher", "kd", folder / "kd", resume=(folder / "kd" / "last.pt").is_file(), quiet=True
+    )
+    row = {
+        "variant": variant.label,
+        "folder": variant.folder,
+        "stage1_epochs": teacher_spec.train.epochs,
+        "overrides": overrides,
+        "teacher_top1": teacher["final"]["top1"],
+        "kd_student_top1": student["final"]["top1"],
+        "teacher_wall_seconds": round(teacher["wall_seconds"]),
+    }
+    print(
+        f"{variant.label} ({row['stage1_epochs']} epochs): teacher {row['teacher_top1']:.2f}, "
+        f"KD student {row['kd_student_top1']:.2f}",
+        flush=True,
+    )
+    return row
+
+
+def _reuse(folder: Path) -> dict[str, Any] | None:
+    done = folder / "summary.json"
+    return json.loads(done.read_text()) if done.is_file() else None
+
+
+def write_table(rows: list[dict[str, Any]], spec, args: argparse.Namespace, argv: list[str] | None) -> None:
+    alone = next(r["kd_student_top1"] for r in rows if r["teacher_top1"] is None)
+    standard = {r["stage1_epochs"]: r for r in rows if r["folder"].startswith("standard-")}
     lines = [
         "# Why a short-trained SFTN loses: stage-1 variants on a validation split",
         "",
         f"CPU proof configuration (`benchmarks/specs/proof_cpu.yaml`: {spec.teacher.model} -> {spec.student.model} "
         f"{spec.student.kwargs}, CIFAR-10 at {spec.input_size[1]}x{spec.input_size[2]}), {args.train_subset} training "
-        f"images, {VALIDATION_IMAGES} held-out validation images, {spec.train.epochs} epochs, seed {args.seed}. "
-        "Final validation top-1 (%).",
+        f"images, {VALIDATION_IMAGES} held-out validation images, seed {args.seed}. Final validation top-1 (%). "
+        f"Stage 2 (KD, tau 4) always trains {spec.train.epochs} epochs; stage-1 epochs vary, milestones at 60%/90%. "
+        f"Student alone ({spec.train.epochs} epochs): **{alone:.2f}**.",
         "",
-        f"Command: `python benchmarks/sftn_ablation.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        *(
+            f"- {key}: {value}"
+            for key, value in provenance(argv, int(os.environ.get("OMP_NUM_THREADS", "0")) or 2).items()
+        ),
         "",
-        "| Teacher | Teacher top-1 | KD student top-1 |",
-        "|:--|--:|--:|",
-        *(f"| {r['variant']} | {r['teacher_top1']:.2f} | {r['kd_student_top1']:.2f} |" for r in rows),
-        "",
+        "| Teacher (stage 1) | Stage-1 epochs | Teacher top-1 | KD student top-1 | Student vs standard teacher's at the same epochs | KD gain over student alone |",
+        "|:--|--:|--:|--:|--:|--:|",
     ]
+    for r in rows:
+        if r["teacher_top1"] is None:
+            continue
+        reference = standard.get(r["stage1_epochs"])
+        versus = (
+            "" if reference is None or reference is r else f"{r['kd_student_top1'] - reference['kd_student_top1']:+.2f}"
+        )
+        lines.append(
+            f"| {r['variant']} | {r['stage1_epochs']} | {r['teacher_top1']:.2f} | {r['kd_student_top1']:.2f} | "
+            f"{versus} | {r['kd_student_top1'] - alone:+.2f} |"
+        )
+    lines.append("")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "sftn_ablation.md").write_text("\n".join(lines))
-    (RESULTS / "sftn_ablation.json").write_text(json.dumps({"rows": rows, "train_subset": args.train_subset}, indent=2) + "\n")
+    payload = {"rows": rows, "train_subset": args.train_subset, "seed": args.seed, "student_alone_top1": alone}
+    (RESULTS / "sftn_ablation.json").write_text(json.dumps(payload, indent=2) + "\n")
     print("\n".join(lines))
 
 

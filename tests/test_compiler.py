@@ -201,3 +201,26 @@ def test_an_isotropic_model_has_too_few_stages_for_auto():
     spec["teacher"] = {"model": "timm:convmixer_768_32"}
     with pytest.raises(CutError, match="auto found 1 stage end"):
         splicer.compile_spec(spec_from_dict({**spec, "input_size": [3, 32, 32]}), verify=False)
+
+
+def test_spec_transforms_reach_the_branches_the_report_and_the_emitted_source(tmp_path):
+    result = splicer.compile_spec(spec_from_dict(toy_spec(transforms={"equal_kernel": 3, "activation": False})))
+    transform = result.sftn.branches[0].transform
+    assert transform.conv.kernel_size == (3, 3) and not hasattr(transform, "relu")
+    assert all(plan.describe().endswith(", no ReLU") for plan in result.transforms)
+    emit_artifacts(result, tmp_path)
+    assert "3x3 conv" in (tmp_path / "report.md").read_text()
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import sftn as emitted
+
+        standalone = emitted.SFTN()
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("sftn", None)
+    standalone.load_state_dict(result.sftn.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected, got = result.sftn.eval()(x), standalone.eval()(x)
+    for a, b in zip(got.branch_logits, expected.branch_logits):
+        assert torch.allclose(a, b, atol=1e-6)

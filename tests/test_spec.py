@@ -97,3 +97,11 @@ def test_json_schema_describes_the_spec():
     assert set(schema["required"]) == {"name", "num_classes", "input_size", "teacher", "student"}
     assert schema["$defs"]["NetworkSpec"]["additionalProperties"] is False
     json.dumps(schema)
+
+
+def test_transforms_section_defaults_to_the_paper_and_names_valid_kernels(write_spec):
+    spec = load_spec(write_spec(toy_spec()))
+    assert (spec.transforms.equal_kernel, spec.transforms.activation) == (1, True)
+    path = write_spec(toy_spec(transforms={"equal_kernel": 2}))
+    with pytest.raises(SpecError, match=r"transforms.equal_kernel: Input should be 1 or 3 \(got 2\)"):
+        load_spec(path)

@@ -64,3 +64,22 @@ def test_every_transform_ends_in_bn_and_relu():
     transform = Transform(plan_transform((8, 8, 8), (4, 4, 4)))
     assert [type(m).__name__ for m in transform] == ["Conv2d", "BatchNorm2d", "ReLU"]
     assert transform.conv.bias is None
+
+
+def test_equal_kernel_3_keeps_the_size_and_leaves_shrink_and_grow_alone():
+    plan = plan_transform((16, 8, 8), (8, 8, 8), equal_kernel=3)
+    assert (plan.kind, plan.kernel, plan.padding) == ("equal", (3, 3), (1, 1))
+    assert plan.describe() == "3x3 conv: 16x8x8 -> 8x8x8"
+    with torch.no_grad():
+        assert Transform(plan).eval()(torch.randn(2, 16, 8, 8)).shape == (2, 8, 8, 8)
+    assert plan_transform((16, 8, 8), (8, 4, 4), equal_kernel=3) == plan_transform((16, 8, 8), (8, 4, 4))
+    assert plan_transform((16, 4, 4), (8, 8, 8), equal_kernel=3) == plan_transform((16, 4, 4), (8, 8, 8))
+
+
+def test_a_transform_without_activation_is_conv_and_bn_and_says_so():
+    plan = plan_transform((8, 8, 8), (4, 4, 4), activation=False)
+    transform = Transform(plan)
+    assert [type(m).__name__ for m in transform] == ["Conv2d", "BatchNorm2d"]
+    assert plan.describe().endswith(", no ReLU")
+    with torch.no_grad():
+        assert (Transform(plan).eval()(torch.randn(2, 8, 8, 8)) < 0).any()

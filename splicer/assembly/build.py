@@ -90,7 +90,10 @@ def compile_spec(spec_or_path: Spec | str | Path, verify: bool = True) -> BuildR
     student = plan_network(spec, spec.student, "student", source, notes)
     _pair_blocks(teacher, student, source, notes)
     transforms = [
-        plan_transform(teacher.block_shapes[i], student.block_shapes[i]) for i in range(len(teacher.block_ends) - 1)
+        plan_transform(
+            teacher.block_shapes[i], student.block_shapes[i], spec.transforms.equal_kernel, spec.transforms.activation
+        )
+        for i in range(len(teacher.block_ends) - 1)
     ]
     notes += [f"T^{i + 1}: {plan.note}" for i, plan in enumerate(transforms) if plan.note]
     sftn = assemble(spec, teacher, student, transforms)

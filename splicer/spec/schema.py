@@ -74,6 +74,15 @@ class LossSpec(_Strict):
     )
 
 
+class TransformSpec(_Strict):
+    """How the transforms T^i are built; the defaults are the paper's (section 3.1)."""
+
+    equal_kernel: Literal[1, 3] = Field(
+        1, description="Conv kernel where teacher and student feature sizes are equal: 1 (paper) or 3 (padding 1)."
+    )
+    activation: bool = Field(True, description="ReLU after each transform's BN (paper: yes); false leaves conv + BN.")
+
+
 class DataSpec(_Strict):
     """Where the images come from and how they are prepared."""
 
@@ -150,6 +159,7 @@ class Spec(_Strict):
     input_size: tuple[int, int, int] = Field(description="C, H, W of one input image.")
     teacher: NetworkSpec
     student: NetworkSpec
+    transforms: TransformSpec = Field(default_factory=TransformSpec)
     loss: LossSpec = Field(default_factory=LossSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)

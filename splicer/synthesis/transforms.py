@@ -5,10 +5,13 @@ stride r to shrink by r, a transposed conv (kernel 2r, stride r) to grow by r; e
 by BN and ReLU. Height and width are planned independently, so non-square maps work. Where
 no integer ratio fits, a 1x1 conv maps channels and adaptive average pooling (shrink) or
 bilinear resizing (grow) sets the size; the plan says so, and the build report shows it.
+The spec's ``transforms`` section can widen the equal-size conv to 3x3 or drop the ReLU, to
+measure how much the transform matters; the defaults are the paper's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,6 +33,7 @@ class TransformPlan:
     stride: tuple[int, int]
     padding: tuple[int, int]
     note: str = ""
+    activation: bool = True  # ReLU after BN, as the paper; False leaves conv + BN
 
     def describe(self) -> str:
         """One line for reports, e.g. ``3x3 conv stride 2: 128x32x32 -> 64x16x16``."""
@@ -43,7 +47,7 @@ class TransformPlan:
             "grow": f"{k} transposed conv stride {stride}",
             "resize": f"{k} conv + adaptive resize",
         }[self.kind]
-        text = f"{layer}: {src} -> {dst}"
+        text = f"{layer}: {src} -> {dst}" + ("" if self.activation else ", no ReLU")
         return f"{text} ({self.note})" if self.note else text
 
 
@@ -58,8 +62,17 @@ def _axis(source: int, target: int) -> tuple[str, int] | None:
     return None
 
 
-def plan_transform(source: Shape, target: Shape) -> TransformPlan:
-    """Choose the transform from teacher feature ``source`` to student input ``target``."""
+def plan_transform(source: Shape, target: Shape, equal_kernel: int = 1, activation: bool = True) -> TransformPlan:
+    """Choose the transform from teacher feature ``source`` to student input ``target``.
+
+    ``equal_kernel`` (odd) is the conv kernel where the sizes are equal (paper: 1);
+    ``activation`` puts a ReLU after the BN (paper: yes).
+    """
+    plan = _plan_geometry(source, target, equal_kernel)
+    return plan if activation else dataclasses.replace(plan, activation=False)
+
+
+def _plan_geometry(source: Shape, target: Shape, equal_kernel: int) -> TransformPlan:
     axes = [_axis(source[1], target[1]), _axis(source[2], target[2])]
     directions = {axis[0] for axis in axes if axis is not None and axis[0] != "equal"}
     if None in axes or len(directions) > 1:
@@ -69,7 +82,8 @@ def plan_transform(source: Shape, target: Shape) -> TransformPlan:
         return TransformPlan(source, target, "resize", (1, 1), (1, 1), (0, 0), note)
     ratios = tuple(axis[1] for axis in axes)
     if not directions:
-        return TransformPlan(source, target, "equal", (1, 1), (1, 1), (0, 0))
+        pad = equal_kernel // 2
+        return TransformPlan(source, target, "equal", (equal_kernel, equal_kernel), (1, 1), (pad, pad))
     (direction,) = directions
     if direction == "shrink":
         return TransformPlan(source, target, "shrink", (3, 3), ratios, (1, 1))
@@ -97,7 +111,7 @@ class Resize(nn.Module):
 
 
 class Transform(nn.Sequential):
-    """Conv (or transposed conv) + BN + ReLU, built from a :class:`TransformPlan`."""
+    """Conv (or transposed conv) + BN (+ ReLU), built from a :class:`TransformPlan`."""
 
     def __init__(self, plan: TransformPlan) -> None:
         c_in, c_out = plan.source[0], plan.target[0]
@@ -110,7 +124,8 @@ class Transform(nn.Sequential):
         super().__init__()
         self.conv = conv
         self.bn = nn.BatchNorm2d(c_out)
-        self.relu = nn.ReLU(inplace=True)
+        if plan.activation:
+            self.relu = nn.ReLU(inplace=True)
         if plan.kind == "resize":
             grow = plan.target[1] * plan.target[2] > plan.source[1] * plan.source[2]
             self.resize = Resize((plan.target[1], plan.target[2]), grow)
