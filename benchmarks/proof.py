@@ -101,7 +101,7 @@ def pipeline_rate(spec) -> float:
     from splicer.training.distributed import Distributed
     from splicer.training.engine import Runtime
 
-    runtime = Runtime.create(spec.train.device, Distributed.from_env())
+    runtime = Runtime.for_spec(spec, Distributed.from_env())
     data = build_data(spec.data, spec.input_size, spec.num_classes, spec.train.batch_size, runtime.device, 0)
     return measure_pipeline_throughput(data, batches=50)
 

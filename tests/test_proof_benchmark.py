@@ -6,8 +6,15 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import splicer
+from splicer.spec import load_spec
+from splicer.training.distributed import Distributed
+from splicer.training.engine import Runtime
+from splicer.training.overrides import apply_overrides
+from splicer.training.stage1 import train_teacher
+from splicer.training.stage2 import distill
 from tests.conftest import REPO
 
 PROOF_SPECS = sorted((REPO / "benchmarks" / "specs").glob("proof_*.yaml"))
@@ -32,3 +39,50 @@ def test_proof_help_and_missing_data(tmp_path):
     assert missing.returncode != 0
     assert "proof.py:" in missing.stderr and "nowhere" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_cuda_numerics_are_the_default_only_on_cuda_and_can_be_forced_on_cpu():
+    dist = Distributed.from_env()
+    plain = Runtime.create("cpu", dist)
+    assert (plain.bf16, plain.channels_last) == (False, False)
+    forced = Runtime.create("cpu", dist, precision="bf16", memory_format="channels_last")
+    conv = forced.place(torch.nn.Conv2d(3, 4, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.dtype == torch.float32
+    with forced.autocast():
+        out = conv(forced.inputs(torch.randn(2, 3, 8, 8)))
+    assert out.dtype == torch.bfloat16
+
+
+GPU_SPECS = [p for p in PROOF_SPECS if "gpu" in p.stem]
+
+
+@pytest.mark.parametrize("path", GPU_SPECS, ids=[p.stem for p in GPU_SPECS])
+def test_gpu_configuration_trains_both_stages_with_its_numerics_on_cpu(path, tmp_path):
+    """The GPU proof's pairs, bf16 autocast and channels-last, one short epoch on synthetic images."""
+    spec = load_spec(path)
+    assert spec.train.device == "cuda" and spec.input_size == (3, 32, 32)
+    tiny = apply_overrides(
+        spec,
+        assignments=[
+            "train.device=cpu",
+            "train.precision=bf16",
+            "train.memory_format=channels_last",
+            "train.epochs=1",
+            "train.milestones=[1]",
+            "train.batch_size=8",
+            "data.dataset=synthetic",
+            "data.synthetic_train=16",
+            "data.synthetic_test=16",
+        ],
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        teacher = train_teacher(tiny, out=tmp_path / "sftn", quiet=True)
+        student = distill(tiny, tmp_path / "sftn", "kd", tmp_path / "kd", quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    for summary in (teacher, student):
+        assert summary["epochs"] == 1 and 0.0 <= summary["final"]["top1"] <= 100.0
+    weights = torch.load(tmp_path / "kd" / "last.pt", weights_only=True)["model"]
+    assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())

@@ -126,6 +126,12 @@ class TrainSpec(_Strict):
     gamma: float = Field(0.1, gt=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU. Weights and optimizer state stay fp32."
+    )
+    memory_format: Literal["auto", "channels_last", "contiguous"] = Field(
+        "auto", description="auto: channels-last on CUDA (faster convolutions with bf16), contiguous on CPU."
+    )
     eval_every: int = Field(1, ge=1, description="Evaluate every this many epochs (and always at the end).")
 
     @model_validator(mode="before")

@@ -42,35 +42,47 @@ class TrainingDiverged(SplicerError):
 
 @dataclass(frozen=True)
 class Runtime:
-    """The device and the numerics that go with it: bf16 autocast and channels_last on CUDA, fp32 on CPU."""
+    """The device and its numerics; by default bf16 autocast and channels-last on CUDA, fp32 on CPU.
+
+    The spec's ``train.precision`` and ``train.memory_format`` can force either on any device,
+    which also lets the CUDA numerics be exercised on a CPU.
+    """
 
     device: torch.device
+    bf16: bool = False
+    channels_last: bool = False
 
     @classmethod
-    def create(cls, name: str, dist: Distributed) -> Runtime:
+    def create(cls, name: str, dist: Distributed, precision: str = "auto", memory_format: str = "auto") -> Runtime:
         """Resolve ``auto|cpu|cuda``; under torchrun each process takes the GPU of its local rank."""
         if name == "cuda" and not torch.cuda.is_available():
             raise SplicerError("train.device: cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
         if name == "cpu" or not torch.cuda.is_available():
-            return cls(torch.device("cpu"))
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        return cls(torch.device("cuda", dist.local_rank))
+            device = torch.device("cpu")
+        else:
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            device = torch.device("cuda", dist.local_rank)
+        on_gpu = device.type == "cuda"
+        bf16 = precision == "bf16" or (precision == "auto" and on_gpu)
+        channels_last = memory_format == "channels_last" or (memory_format == "auto" and on_gpu)
+        return cls(device, bf16, channels_last)
 
-    @property
-    def cuda(self) -> bool:
-        return self.device.type == "cuda"
+    @classmethod
+    def for_spec(cls, spec: Spec, dist: Distributed) -> Runtime:
+        """The runtime ``spec.train`` asks for (device, precision, memory format)."""
+        return cls.create(spec.train.device, dist, spec.train.precision, spec.train.memory_format)
 
     def autocast(self) -> AbstractContextManager[Any]:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     def place(self, module: nn.Module) -> nn.Module:
         module.to(self.device)
-        return module.to(memory_format=torch.channels_last) if self.cuda else module
+        return module.to(memory_format=torch.channels_last) if self.channels_last else module
 
     def inputs(self, images: Tensor) -> Tensor:
-        return images.contiguous(memory_format=torch.channels_last) if self.cuda else images
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
 
 def seed_everything(seed: int) -> None:

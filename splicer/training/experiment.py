@@ -45,7 +45,7 @@ def run_experiment(
         raise SplicerError("splicer run needs at least one method and one seed")
     root = _experiment_folder(spec.name, out, resume)
     # The eval split does not depend on the seed: one stream scores every pair.
-    runtime = Runtime.create(spec.train.device, Distributed.from_env())
+    runtime = Runtime.for_spec(spec, Distributed.from_env())
     data = build_data(
         spec.data, spec.input_size, spec.num_classes, spec.train.batch_size, runtime.device, spec.train.seed
     )

@@ -29,7 +29,7 @@ def train_teacher(
 ) -> dict[str, Any]:
     """Train the SFTN (or with ``standard``, its teacher alone) of ``spec``; returns the run summary."""
     dist = Distributed.from_env()
-    runtime = Runtime.create(spec.train.device, dist)
+    runtime = Runtime.for_spec(spec, dist)
     kind = "standard" if standard else "sftn"
     run = open_run(spec.name, kind, out, resume)
     seed_everything(spec.train.seed)

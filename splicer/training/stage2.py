@@ -31,7 +31,7 @@ from splicer.training.stage1 import cross_entropy_loss
 def train_student(spec: Spec, out: Path | None = None, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """The student alone with cross-entropy; returns the run summary."""
     dist = Distributed.from_env()
-    runtime = Runtime.create(spec.train.device, dist)
+    runtime = Runtime.for_spec(spec, dist)
     run = open_run(spec.name, "student", out, resume)
     seed_everything(spec.train.seed)
     student = runtime.place(build_student(spec))
@@ -64,7 +64,7 @@ def distill(
         )
     _check_same_teacher(spec, checkpoint, teacher_path)
     dist = Distributed.from_env()
-    runtime = Runtime.create(spec.train.device, dist)
+    runtime = Runtime.for_spec(spec, dist)
     run = open_run(spec.name, f"distill-{method}-{kind}", out, resume)
     if resume:
         _check_resumed_teacher(run.last, teacher_path)
