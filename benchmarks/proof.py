@@ -8,7 +8,7 @@ time relative to the standard teacher's, and the data pipeline's img/s relative 
 
     python benchmarks/proof.py --config cpu --seeds 0,1,2          # about 25 min a seed on 2 cores
     python benchmarks/proof.py --config cpu --validation --seeds 0 # choose settings on a val split
-    python benchmarks/proof.py --config gpu                        # both paper pairs on one GPU
+    python benchmarks/proof.py --config gpu --seeds 0 --fit-minutes 9   # both paper pairs, sized to 9 min
 
 Finished runs are reused (the experiment folder is resumed), so an interrupted proof
 continues where it stopped and a finished one only re-writes its tables.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import statistics
@@ -44,17 +45,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu", help="which experiment (default: cpu)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
     parser.add_argument("--methods", default="kd", help="distillation methods, e.g. kd,fitnets,at (default: kd)")
-    parser.add_argument("--epochs", type=int, help="override every run's epochs")
+    parser.add_argument(
+        "--epochs", type=int, help="override every run's epochs (milestones keep their fraction of training)"
+    )
+    parser.add_argument(
+        "--fit-minutes",
+        type=float,
+        metavar="M",
+        help="size the schedule to this machine: train every run for one epoch first (a probe, in its own "
+        "run folders), then choose --epochs so that the whole proof takes at most M minutes",
+    )
     parser.add_argument(
         "--validation",
         action="store_true",
         help=f"hold out {VALIDATION_IMAGES} training images and score on them instead of the test set "
         "(for choosing settings; never tune on the test set)",
     )
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a spec field (repeatable)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="change a spec field (repeatable)"
+    )
     parser.add_argument("--tag", default="", help="suffix for the run folder and result files (for variants)")
     parser.add_argument("--data-root", type=Path, help="CIFAR-10 ImageFolder root (default: unpack ../shared/data)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs", help="where run folders go (default: runs/)")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help="folder for the result tables (default: benchmarks/results/)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -83,7 +98,15 @@ def load_proof_spec(name: str, args: argparse.Namespace, root: Path):
     if args.validation:
         overrides.append(f"data.val_split={VALIDATION_IMAGES}")
     spec = load_spec(SPECS / name)
-    return apply_overrides(spec, train={"epochs": args.epochs}, assignments=overrides)
+    if args.epochs is not None:
+        overrides += scaled_schedule(spec.train.epochs, spec.train.milestones, args.epochs)
+    return apply_overrides(spec, assignments=overrides)
+
+
+def scaled_schedule(epochs: int, milestones: list[int], new_epochs: int) -> list[str]:
+    """``new_epochs`` with the milestones at the same fractions of training as in the spec."""
+    scaled = sorted({max(1, round(m * new_epochs / epochs)) for m in milestones})
+    return [f"train.epochs={new_epochs}", f"train.milestones={scaled}"]
 
 
 def summaries(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -139,6 +162,31 @@ def timing_table(report: dict[str, Any], pipeline: float) -> tuple[list[str], di
     return lines, {"runs": numbers, "sftn_step_relative": sftn_step, "pipeline_img_per_s": pipeline}
 
 
+def probe(args: argparse.Namespace, root: Path, methods: list[str], seeds: list[int], name: str) -> float:
+    """Seconds that one epoch of every run of the proof takes, summed (from the runs' own timings)."""
+    from splicer.training.experiment import run_experiment
+
+    probe_args = argparse.Namespace(**{**vars(args), "epochs": 1})
+    seconds = 0.0
+    for spec_file in CONFIGS[args.config]:
+        spec = load_proof_spec(spec_file, probe_args, root)
+        pipeline_rate(spec)  # decode and cache the images first: that is not training time
+        report = run_experiment(
+            spec, methods, seeds, out=args.runs / spec.name / f"{name}_probe", resume=True, quiet=True
+        )
+        seconds += sum(s["wall_seconds"] for runs in summaries(report).values() for s in runs)
+    return seconds
+
+
+def stored_seconds(results: dict[str, Any]) -> float:
+    """Wall seconds of every run in the proof's tables, from the runs' own summaries."""
+    return sum(
+        n["wall_seconds"] * len(pair["report"]["seeds"])
+        for pair in results["pairs"].values()
+        for n in pair["timing"]["runs"].values()
+    )
+
+
 def machine() -> str:
     import torch
 
@@ -167,6 +215,19 @@ def main(argv: list[str] | None = None) -> None:
     ]
     results: dict[str, Any] = {"command": command, "machine": machine(), "split": split, "pairs": {}}
     try:
+        if args.fit_minutes is not None:
+            if args.epochs is not None:
+                sys.exit("proof.py: give --epochs or --fit-minutes, not both")
+            probe_seconds = probe(args, root, methods, seeds, name)
+            args.epochs = max(1, math.floor(60 * args.fit_minutes / probe_seconds))
+            note = (
+                f"Schedule sized by `--fit-minutes {args.fit_minutes:g}`: one epoch of every run took "
+                f"{probe_seconds:.1f} s in all (a probe, build and first-epoch warm-up included), so "
+                f"**{args.epochs} epochs** (rerun exactly with `--epochs {args.epochs}`)."
+            )
+            print(note, flush=True)
+            sections += [note, ""]
+            results["fit"] = {"minutes": args.fit_minutes, "probe_seconds": probe_seconds, "epochs": args.epochs}
         for spec_file in CONFIGS[args.config]:
             spec = load_proof_spec(spec_file, args, root)
             out = args.runs / spec.name / name
@@ -177,11 +238,14 @@ def main(argv: list[str] | None = None) -> None:
             results["pairs"][spec.name] = {"report": report, "timing": timing}
     except SplicerError as exc:
         sys.exit(f"proof.py: {exc}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.md").write_text("\n".join(sections))
-    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    total = stored_seconds(results)
+    sections += [f"Training and evaluation time of every run together: **{total / 60:.1f} min**.", ""]
+    results["total_run_seconds"] = total
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.md").write_text("\n".join(sections))
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     print("\n".join(sections))
-    print(f"wrote {RESULTS / (name + '.md')} and .json")
+    print(f"wrote {args.out / (name + '.md')} and .json")
 
 
 if __name__ == "__main__":

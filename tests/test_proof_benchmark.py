@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
@@ -32,7 +34,16 @@ def test_proof_help_and_missing_data(tmp_path):
     shown = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, check=True)
     assert "--validation" in shown.stdout and "--config" in shown.stdout
     missing = subprocess.run(
-        [sys.executable, str(script), "--data-root", str(tmp_path / "nowhere"), "--seeds", "0", "--runs", str(tmp_path)],
+        [
+            sys.executable,
+            str(script),
+            "--data-root",
+            str(tmp_path / "nowhere"),
+            "--seeds",
+            "0",
+            "--runs",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
     )
@@ -86,3 +97,39 @@ def test_gpu_configuration_trains_both_stages_with_its_numerics_on_cpu(path, tmp
         assert summary["epochs"] == 1 and 0.0 <= summary["final"]["top1"] <= 100.0
     weights = torch.load(tmp_path / "kd" / "last.pt", weights_only=True)["model"]
     assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
+
+
+def test_epochs_override_keeps_the_milestones_fractions():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from proof import scaled_schedule
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    assert scaled_schedule(10, [6, 9], 40) == ["train.epochs=40", "train.milestones=[24, 36]"]
+    assert scaled_schedule(15, [9, 13], 1) == ["train.epochs=1", "train.milestones=[1]"]
+
+
+def test_fit_minutes_sizes_the_schedule_from_a_one_epoch_probe(tmp_path):
+    """The whole proof command on a tiny generated image folder, with the schedule sized to a budget."""
+    from tests.test_data import write_image_folder
+
+    write_image_folder(tmp_path / "data", classes=10, per_class=6, side=16)
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "proof.py"),
+        "--config", "cpu", "--seeds", "0", "--quiet", "--fit-minutes", "0.1",
+        "--data-root", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "results"),
+        "--set", "train.batch_size=20", "--set", "train.device=cpu",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "results" / "proof_cpu.json").read_text())
+    fit = result["fit"]
+    assert fit["epochs"] == max(1, int(6.0 // fit["probe_seconds"]))
+    probe_runs = list((tmp_path / "runs" / "proof_cpu" / "proof_cpu_probe").rglob("summary.json"))
+    assert len(probe_runs) == 5 and all(json.loads(p.read_text())["epochs"] == 1 for p in probe_runs)
+    teacher = json.loads(
+        next((tmp_path / "runs" / "proof_cpu" / "proof_cpu").rglob("standard/summary.json")).read_text()
+    )
+    assert teacher["epochs"] == fit["epochs"]
+    assert f"**{fit['epochs']} epochs**" in (tmp_path / "results" / "proof_cpu.md").read_text()
