@@ -109,27 +109,33 @@ def test_epochs_override_keeps_the_milestones_fractions():
     assert scaled_schedule(15, [9, 13], 1) == ["train.epochs=1", "train.milestones=[1]"]
 
 
-def test_fit_minutes_sizes_the_schedule_from_a_one_epoch_probe(tmp_path):
-    """The whole proof command on a tiny generated image folder, with the schedule sized to a budget."""
+def test_gpu_proof_script_sizes_the_schedule_and_runs_from_an_archive_alone(tmp_path):
+    """benchmarks/gpu_proof.sh as on a bare GPU machine (here the CPU pair on a tiny archive): it
+    unpacks the images, trains every run for one epoch, picks the epochs that fit the budget and
+    runs the proof with them."""
     from tests.test_data import write_image_folder
 
-    write_image_folder(tmp_path / "data", classes=10, per_class=6, side=16)
-    command = [
-        sys.executable,
-        str(REPO / "benchmarks" / "proof.py"),
-        "--config", "cpu", "--seeds", "0", "--quiet", "--fit-minutes", "0.1",
-        "--data-root", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "results"),
-        "--set", "train.batch_size=20", "--set", "train.device=cpu",
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads((tmp_path / "results" / "proof_cpu.json").read_text())
-    fit = result["fit"]
-    assert fit["epochs"] == max(1, int(6.0 // fit["probe_seconds"]))
-    probe_runs = list((tmp_path / "runs" / "proof_cpu" / "proof_cpu_probe").rglob("summary.json"))
-    assert len(probe_runs) == 5 and all(json.loads(p.read_text())["epochs"] == 1 for p in probe_runs)
-    teacher = json.loads(
-        next((tmp_path / "runs" / "proof_cpu" / "proof_cpu").rglob("standard/summary.json")).read_text()
+    write_image_folder(tmp_path / "cifar10", classes=10, per_class=4, side=16)
+    archive = tmp_path / "images.tar.gz"
+    subprocess.run(["tar", "-czf", str(archive), "-C", str(tmp_path), "cifar10"], check=True)
+    script = REPO / "benchmarks" / "gpu_proof.sh"
+    flags = ["--config", "cpu", "--set", "train.batch_size=20", "--set", "train.device=cpu"]
+    env = {**os.environ, "PYTHON": sys.executable, "SPLICER_RUNS": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        ["bash", str(script), str(archive), "0.05", str(tmp_path / "results"), "--", *flags],
+        capture_output=True,
+        text=True,
+        env=env,
     )
-    assert teacher["epochs"] == fit["epochs"]
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cuda False" in done.stdout
+    fit = json.loads((tmp_path / "results" / "proof_cpu.json").read_text())["fit"]
+    assert fit["minutes"] == 0.05 and fit["epochs"] == max(1, int(3.0 // fit["probe_seconds"]))
+    runs = tmp_path / "runs" / "proof_cpu"
+    probe_runs = list((runs / "proof_cpu_probe").rglob("summary.json"))
+    assert len(probe_runs) == 5 and all(json.loads(p.read_text())["epochs"] == 1 for p in probe_runs)
+    for kind in ("standard", "sftn", "student", "kd-from-standard", "kd-from-sftn"):
+        assert json.loads((runs / "proof_cpu" / "seed0" / kind / "summary.json").read_text())["epochs"] == fit["epochs"]
     assert f"**{fit['epochs']} epochs**" in (tmp_path / "results" / "proof_cpu.md").read_text()
+    missing = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert missing.returncode != 0 and "usage: bash benchmarks/gpu_proof.sh ARCHIVE" in missing.stderr
