@@ -46,6 +46,12 @@ def schedule(epochs: int) -> list[str]:
     return [f"train.epochs={epochs}", f"train.milestones=[{round(0.6 * epochs)}, {round(0.9 * epochs)}]"]
 
 
+SCHEDULED = (  # the teachers trained for longer stage-1 schedules
+    ("standard", "Standard teacher (CE only)", "standard", ()),
+    ("sftn-kl3", "SFTN, paper defaults (lambda_KL 3)", "sftn", ()),
+    ("sftn-kl1", "SFTN, lambda_KL 1", "sftn", ("loss.branch_kl=1.0",)),
+)
+
 VARIANTS: list[Variant] = [
     Variant("student-alone", "Student alone (no teacher)", "student"),
     Variant("standard-e10", "Standard teacher (CE only)", "standard"),
@@ -69,12 +75,8 @@ VARIANTS: list[Variant] = [
     ),
     *(
         Variant(f"{name}-e{epochs}", label, kind, extra, epochs)
-        for epochs in (20, 40)
-        for name, label, kind, extra in (
-            ("standard", "Standard teacher (CE only)", "standard", ()),
-            ("sftn-kl3", "SFTN, paper defaults (lambda_KL 3)", "sftn", ()),
-            ("sftn-kl1", "SFTN, lambda_KL 1", "sftn", ("loss.branch_kl=1.0",)),
-        )
+        for epochs, teachers in ((20, SCHEDULED), (40, SCHEDULED), (80, SCHEDULED[:2]))
+        for name, label, kind, extra in teachers
     ),
 ]
 
