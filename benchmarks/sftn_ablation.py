@@ -10,6 +10,7 @@ trained alone is the reference KD must beat. Stores ``benchmarks/results/sftn_ab
 
     python benchmarks/sftn_ablation.py --train-subset 20000
     python benchmarks/sftn_ablation.py --only standard-e40,sftn-kl3-e40   # some variants, e.g. in parallel
+    python benchmarks/sftn_ablation.py --seed 1 --only standard-e40,sftn-kl3-e40 --table   # another seed
 
 Finished runs in ``--runs`` are reused, so the full command after partial ones only writes the table.
 """
@@ -90,9 +91,16 @@ def main(argv: list[str] | None = None) -> None:
         help="comma-separated variant folders to run (default: all, then write the table); "
         f"choices: {', '.join(v.folder for v in VARIANTS)}",
     )
-    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "sftn_ablation")
+    parser.add_argument(
+        "--table", action="store_true", help="with --only: still write the table, of the chosen variants only"
+    )
+    parser.add_argument(
+        "--runs", type=Path, help="run folders (default: runs/sftn_ablation, runs/sftn_ablation_seedN for seed N > 0)"
+    )
     parser.add_argument("--data-root", type=Path)
     args = parser.parse_args(argv)
+    suffix = f"_seed{args.seed}" if args.seed else ""
+    args.runs = args.runs or REPO / "runs" / f"sftn_ablation{suffix}"
 
     chosen = VARIANTS
     if args.only:
@@ -119,10 +127,9 @@ def main(argv: list[str] | None = None) -> None:
         return apply_overrides(load_spec(SPECS / "proof_cpu.yaml"), assignments=base + extra)
 
     rows = [run_variant(v, spec_with, args.runs) for v in chosen]
-    if args.only:
+    if args.only and not args.table:
         return
-    spec = spec_with([])
-    write_table(rows, spec, args, argv)
+    write_table(rows, spec_with([]), args, argv, f"sftn_ablation{suffix}")
 
 
 def run_variant(variant: Variant, spec_with, runs: Path) -> dict[str, Any]:
@@ -174,8 +181,13 @@ def _reuse(folder: Path) -> dict[str, Any] | None:
     return json.loads(done.read_text()) if done.is_file() else None
 
 
-def write_table(rows: list[dict[str, Any]], spec, args: argparse.Namespace, argv: list[str] | None) -> None:
-    alone = next(r["kd_student_top1"] for r in rows if r["teacher_top1"] is None)
+def _cell(text: str) -> str:
+    """Text for a markdown table cell: a bare '|' would end the cell."""
+    return text.replace("|", r"\|")
+
+
+def write_table(rows: list[dict[str, Any]], spec, args: argparse.Namespace, argv: list[str] | None, name: str) -> None:
+    alone = next((r["kd_student_top1"] for r in rows if r["teacher_top1"] is None), None)
     standard = {r["stage1_epochs"]: r for r in rows if r["folder"].startswith("standard-")}
     lines = [
         "# Why a short-trained SFTN loses: stage-1 variants on a validation split",
@@ -184,7 +196,9 @@ def write_table(rows: list[dict[str, Any]], spec, args: argparse.Namespace, argv
         f"{spec.student.kwargs}, CIFAR-10 at {spec.input_size[1]}x{spec.input_size[2]}), {args.train_subset} training "
         f"images, {VALIDATION_IMAGES} held-out validation images, seed {args.seed}. Final validation top-1 (%). "
         f"Stage 2 (KD, tau 4) always trains {spec.train.epochs} epochs; stage-1 epochs vary, milestones at 60%/90%. "
-        f"Student alone ({spec.train.epochs} epochs): **{alone:.2f}**.",
+        f"Student alone ({spec.train.epochs} epochs): **{alone:.2f}**."
+        if alone is not None
+        else "",
         "",
         *(
             f"- {key}: {value}"
@@ -202,14 +216,14 @@ def write_table(rows: list[dict[str, Any]], spec, args: argparse.Namespace, argv
             "" if reference is None or reference is r else f"{r['kd_student_top1'] - reference['kd_student_top1']:+.2f}"
         )
         lines.append(
-            f"| {r['variant']} | {r['stage1_epochs']} | {r['teacher_top1']:.2f} | {r['kd_student_top1']:.2f} | "
-            f"{versus} | {r['kd_student_top1'] - alone:+.2f} |"
+            f"| {_cell(r['variant'])} | {r['stage1_epochs']} | {r['teacher_top1']:.2f} | {r['kd_student_top1']:.2f} | "
+            f"{versus} | {'' if alone is None else format(r['kd_student_top1'] - alone, '+.2f')} |"
         )
     lines.append("")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sftn_ablation.md").write_text("\n".join(lines))
+    (RESULTS / f"{name}.md").write_text("\n".join(lines))
     payload = {"rows": rows, "train_subset": args.train_subset, "seed": args.seed, "student_alone_top1": alone}
-    (RESULTS / "sftn_ablation.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     print("\n".join(lines))
 
 
