@@ -10,7 +10,7 @@ trained alone is the reference KD must beat. Stores ``benchmarks/results/sftn_ab
 
     python benchmarks/sftn_ablation.py --train-subset 20000
     python benchmarks/sftn_ablation.py --only standard-e40,sftn-kl3-e40   # some variants, e.g. in parallel
-    python benchmarks/sftn_ablation.py --seed 1 --only standard-e40,sftn-kl3-e40 --table   # another seed
+    python benchmarks/sftn_ablation.py --seeds 0,1,2 --only student-alone,standard-e40,sftn-kl3-e40 --table
 
 Finished runs in ``--runs`` are reused, so the full command after partial ones only writes the table.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,11 @@ VARIANTS: list[Variant] = [
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-subset", type=int, default=20000, help="training images (default: 20000)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated seeds (default: 0); seed N > 0 keeps its runs in runs/sftn_ablation_seedN",
+    )
     parser.add_argument(
         "--only",
         help="comma-separated variant folders to run (default: all, then write the table); "
@@ -94,13 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--table", action="store_true", help="with --only: still write the table, of the chosen variants only"
     )
-    parser.add_argument(
-        "--runs", type=Path, help="run folders (default: runs/sftn_ablation, runs/sftn_ablation_seedN for seed N > 0)"
-    )
+    parser.add_argument("--runs", type=Path, help="parent of the run folders (default: runs/)")
     parser.add_argument("--data-root", type=Path)
     args = parser.parse_args(argv)
-    suffix = f"_seed{args.seed}" if args.seed else ""
-    args.runs = args.runs or REPO / "runs" / f"sftn_ablation{suffix}"
+    seeds = [int(seed) for seed in args.seeds.split(",")]
 
     chosen = VARIANTS
     if args.only:
@@ -116,20 +118,29 @@ def main(argv: list[str] | None = None) -> None:
     from splicer.training.overrides import apply_overrides
 
     root = cifar10_root(args.data_root)
-    base = [
-        f"data.root={root}",
-        f"data.val_split={VALIDATION_IMAGES}",
-        f"data.train_subset={args.train_subset}",
-        f"train.seed={args.seed}",
-    ]
 
-    def spec_with(extra: list[str]):
-        return apply_overrides(load_spec(SPECS / "proof_cpu.yaml"), assignments=base + extra)
+    def spec_for(seed: int):
+        base = [
+            f"data.root={root}",
+            f"data.val_split={VALIDATION_IMAGES}",
+            f"data.train_subset={args.train_subset}",
+            f"train.seed={seed}",
+        ]
+        return lambda extra: apply_overrides(load_spec(SPECS / "proof_cpu.yaml"), assignments=base + extra)
 
-    rows = [run_variant(v, spec_with, args.runs) for v in chosen]
+    parent = args.runs or REPO / "runs"
+    rows = {
+        seed: [run_variant(v, spec_for(seed), parent / f"sftn_ablation{_seed_suffix(seed)}") for v in chosen]
+        for seed in seeds
+    }
     if args.only and not args.table:
         return
-    write_table(rows, spec_with([]), args, argv, f"sftn_ablation{suffix}")
+    name = "sftn_ablation" + ("" if seeds == [0] else "_seeds_" + "_".join(map(str, seeds)))
+    write_table(rows, spec_for(seeds[0])([]), args, argv, name)
+
+
+def _seed_suffix(seed: int) -> str:
+    return f"_seed{seed}" if seed else ""
 
 
 def run_variant(variant: Variant, spec_with, runs: Path) -> dict[str, Any]:
@@ -186,45 +197,65 @@ def _cell(text: str) -> str:
     return text.replace("|", r"\|")
 
 
-def write_table(rows: list[dict[str, Any]], spec, args: argparse.Namespace, argv: list[str] | None, name: str) -> None:
-    alone = next((r["kd_student_top1"] for r in rows if r["teacher_top1"] is None), None)
-    standard = {r["stage1_epochs"]: r for r in rows if r["folder"].startswith("standard-")}
+def write_table(
+    rows: dict[int, list[dict[str, Any]]], spec, args: argparse.Namespace, argv: list[str] | None, name: str
+) -> None:
+    """One line per variant: each figure is the mean over seeds, ± the standard deviation with several."""
+    seeds = list(rows)
+    variants = [r["folder"] for r in rows[seeds[0]]]
+    by_folder = {
+        folder: [next(r for r in rows[seed] if r["folder"] == folder) for seed in seeds] for folder in variants
+    }
+    alone = [r["kd_student_top1"] for r in by_folder.get("student-alone", [])]
+    standard = {runs[0]["stage1_epochs"]: runs for folder, runs in by_folder.items() if folder.startswith("standard-")}
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± standard deviation over seeds {args.seeds}"
     lines = [
         "# Why a short-trained SFTN loses: stage-1 variants on a validation split",
         "",
         f"CPU proof configuration (`benchmarks/specs/proof_cpu.yaml`: {spec.teacher.model} -> {spec.student.model} "
         f"{spec.student.kwargs}, CIFAR-10 at {spec.input_size[1]}x{spec.input_size[2]}), {args.train_subset} training "
-        f"images, {VALIDATION_IMAGES} held-out validation images, seed {args.seed}. Final validation top-1 (%). "
-        f"Stage 2 (KD, tau 4) always trains {spec.train.epochs} epochs; stage-1 epochs vary, milestones at 60%/90%. "
-        f"Student alone ({spec.train.epochs} epochs): **{alone:.2f}**."
-        if alone is not None
-        else "",
+        f"images, {VALIDATION_IMAGES} held-out validation images, {seed_text}. Final validation top-1 (%). "
+        f"Stage 2 (KD, tau 4) always trains {spec.train.epochs} epochs; stage-1 epochs vary, milestones at 60%/90%."
+        + (f" Student alone ({spec.train.epochs} epochs): **{_stat(alone)}**." if alone else ""),
         "",
         *(
             f"- {key}: {value}"
             for key, value in provenance(argv, int(os.environ.get("OMP_NUM_THREADS", "0")) or 2).items()
         ),
         "",
-        "| Teacher (stage 1) | Stage-1 epochs | Teacher top-1 | KD student top-1 | Student vs standard teacher's at the same epochs | KD gain over student alone |",
+        "| Teacher (stage 1) | Stage-1 epochs | Teacher top-1 | KD student top-1 "
+        "| KD student minus the standard teacher's at the same epochs | KD student minus the student alone |",
         "|:--|--:|--:|--:|--:|--:|",
     ]
-    for r in rows:
-        if r["teacher_top1"] is None:
+    for folder, runs in by_folder.items():
+        if runs[0]["teacher_top1"] is None:
             continue
-        reference = standard.get(r["stage1_epochs"])
-        versus = (
-            "" if reference is None or reference is r else f"{r['kd_student_top1'] - reference['kd_student_top1']:+.2f}"
-        )
+        students = [r["kd_student_top1"] for r in runs]
+        reference = standard.get(runs[0]["stage1_epochs"])
+        versus = "" if reference is None or reference is runs else _stat(_minus(students, reference), signed=True)
+        gain = _stat([s - statistics.fmean(alone) for s in students], signed=True) if alone else ""
         lines.append(
-            f"| {_cell(r['variant'])} | {r['stage1_epochs']} | {r['teacher_top1']:.2f} | {r['kd_student_top1']:.2f} | "
-            f"{versus} | {'' if alone is None else format(r['kd_student_top1'] - alone, '+.2f')} |"
+            f"| {_cell(runs[0]['variant'])} | {runs[0]['stage1_epochs']} | {_stat([r['teacher_top1'] for r in runs])} "
+            f"| {_stat(students)} | {versus} | {gain} |"
         )
     lines.append("")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.md").write_text("\n".join(lines))
-    payload = {"rows": rows, "train_subset": args.train_subset, "seed": args.seed, "student_alone_top1": alone}
+    payload = {"rows": {str(seed): seed_rows for seed, seed_rows in rows.items()}, "train_subset": args.train_subset}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     print("\n".join(lines))
+
+
+def _minus(students: list[float], reference: list[dict[str, Any]]) -> list[float]:
+    """Per-seed differences to the standard teacher's student of the same seed."""
+    return [s - r["kd_student_top1"] for s, r in zip(students, reference)]
+
+
+def _stat(values: list[float], signed: bool = False) -> str:
+    """``m`` for one value, ``m ± sd`` for several; ``signed`` for differences."""
+    mean = statistics.fmean(values)
+    text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+    return text if len(values) == 1 else f"{text} ± {statistics.stdev(values):.2f}"
 
 
 if __name__ == "__main__":
