@@ -41,6 +41,8 @@ class Variant:
     kind: str  # "standard", "sftn" or "student" (the student alone, no teacher)
     stage1: tuple[str, ...] = ()  # spec assignments for stage 1 only
     epochs: int | None = None  # stage-1 epochs; None keeps the spec's
+    stage2_epochs: int | None = None  # KD (or student-alone) epochs; None keeps the spec's
+    teacher_of: str | None = None  # distil from that variant's teacher instead of training one
 
 
 def schedule(epochs: int) -> list[str]:
@@ -80,7 +82,14 @@ VARIANTS: list[Variant] = [
         for epochs, teachers in ((20, SCHEDULED), (40, SCHEDULED), (80, SCHEDULED[:2]))
         for name, label, kind, extra in teachers
     ),
+    # A longer stage 2 too: can the student take more from the 40-epoch teachers?
+    Variant("student-alone-s40", "Student alone (no teacher)", "student", stage2_epochs=40),
+    *(
+        Variant(f"{name}-e40-s40", label, kind, extra, 40, stage2_epochs=40, teacher_of=f"{name}-e40")
+        for name, label, kind, extra in SCHEDULED
+    ),
 ]
+BY_FOLDER = {variant.folder: variant for variant in VARIANTS}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -149,38 +158,42 @@ def run_variant(variant: Variant, spec_with, runs: Path) -> dict[str, Any]:
     from splicer.training.stage2 import distill, train_student
 
     folder = runs / variant.folder
-    stage2_spec = spec_with([])
+    stage2_spec = spec_with(schedule(variant.stage2_epochs) if variant.stage2_epochs else [])
     if variant.kind == "student":
         student = _reuse(folder / "student") or train_student(
             stage2_spec, folder / "student", resume=(folder / "student" / "last.pt").is_file(), quiet=True
         )
         row = {"variant": variant.label, "folder": variant.folder, "stage1_epochs": None, "overrides": []}
+        row["stage2_epochs"] = stage2_spec.train.epochs
         row |= {"teacher_top1": None, "kd_student_top1": student["final"]["top1"]}
         print(f"{variant.label}: {row['kd_student_top1']:.2f}", flush=True)
         return row
-    overrides = list(variant.stage1) + (schedule(variant.epochs) if variant.epochs else [])
+    source = BY_FOLDER[variant.teacher_of] if variant.teacher_of else variant
+    overrides = list(source.stage1) + (schedule(source.epochs) if source.epochs else [])
     teacher_spec = spec_with(overrides)
-    teacher = _reuse(folder / "teacher") or train_teacher(
+    teacher_folder = runs / source.folder / "teacher"
+    teacher = _reuse(teacher_folder) or train_teacher(
         teacher_spec,
         variant.kind == "standard",
-        folder / "teacher",
-        resume=(folder / "teacher" / "last.pt").is_file(),
+        teacher_folder,
+        resume=(teacher_folder / "last.pt").is_file(),
         quiet=True,
     )
     student = _reuse(folder / "kd") or distill(
-        stage2_spec, folder / "teacher", "kd", folder / "kd", resume=(folder / "kd" / "last.pt").is_file(), quiet=True
+        stage2_spec, teacher_folder, "kd", folder / "kd", resume=(folder / "kd" / "last.pt").is_file(), quiet=True
     )
     row = {
         "variant": variant.label,
         "folder": variant.folder,
         "stage1_epochs": teacher_spec.train.epochs,
+        "stage2_epochs": stage2_spec.train.epochs,
         "overrides": overrides,
         "teacher_top1": teacher["final"]["top1"],
         "kd_student_top1": student["final"]["top1"],
         "teacher_wall_seconds": round(teacher["wall_seconds"]),
     }
     print(
-        f"{variant.label} ({row['stage1_epochs']} epochs): teacher {row['teacher_top1']:.2f}, "
+        f"{variant.label} ({row['stage1_epochs']} + {row['stage2_epochs']} epochs): teacher {row['teacher_top1']:.2f}, "
         f"KD student {row['kd_student_top1']:.2f}",
         flush=True,
     )
@@ -206,8 +219,15 @@ def write_table(
     by_folder = {
         folder: [next(r for r in rows[seed] if r["folder"] == folder) for seed in seeds] for folder in variants
     }
-    alone = [r["kd_student_top1"] for r in by_folder.get("student-alone", [])]
-    standard = {runs[0]["stage1_epochs"]: runs for folder, runs in by_folder.items() if folder.startswith("standard-")}
+    alone = {runs[0]["stage2_epochs"]: runs for runs in by_folder.values() if runs[0]["teacher_top1"] is None}
+    standard = {
+        (runs[0]["stage1_epochs"], runs[0]["stage2_epochs"]): runs
+        for folder, runs in by_folder.items()
+        if folder.startswith("standard-")
+    }
+    alone_text = "; ".join(
+        f"{epochs} epochs **{_stat([r['kd_student_top1'] for r in runs])}**" for epochs, runs in alone.items()
+    )
     seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± standard deviation over seeds {args.seeds}"
     lines = [
         "# Why a short-trained SFTN loses: stage-1 variants on a validation split",
@@ -215,28 +235,30 @@ def write_table(
         f"CPU proof configuration (`benchmarks/specs/proof_cpu.yaml`: {spec.teacher.model} -> {spec.student.model} "
         f"{spec.student.kwargs}, CIFAR-10 at {spec.input_size[1]}x{spec.input_size[2]}), {args.train_subset} training "
         f"images, {VALIDATION_IMAGES} held-out validation images, {seed_text}. Final validation top-1 (%). "
-        f"Stage 2 (KD, tau 4) always trains {spec.train.epochs} epochs; stage-1 epochs vary, milestones at 60%/90%."
-        + (f" Student alone ({spec.train.epochs} epochs): **{_stat(alone)}**." if alone else ""),
+        "Stage 1 and stage 2 (KD, tau 4) epochs as in the table, milestones at 60% and 90% of each. Differences "
+        "are paired by seed." + (f" Student alone: {alone_text}." if alone else ""),
         "",
         *(
             f"- {key}: {value}"
             for key, value in provenance(argv, int(os.environ.get("OMP_NUM_THREADS", "0")) or 2).items()
         ),
         "",
-        "| Teacher (stage 1) | Stage-1 epochs | Teacher top-1 | KD student top-1 "
-        "| KD student minus the standard teacher's at the same epochs | KD student minus the student alone |",
-        "|:--|--:|--:|--:|--:|--:|",
+        "| Teacher (stage 1) | Stage-1 epochs | Stage-2 epochs | Teacher top-1 | KD student top-1 "
+        "| KD student minus the standard teacher's (same epochs) | KD student minus the student alone (same epochs) |",
+        "|:--|--:|--:|--:|--:|--:|--:|",
     ]
     for folder, runs in by_folder.items():
         if runs[0]["teacher_top1"] is None:
             continue
         students = [r["kd_student_top1"] for r in runs]
-        reference = standard.get(runs[0]["stage1_epochs"])
+        first = runs[0]
+        reference = standard.get((first["stage1_epochs"], first["stage2_epochs"]))
         versus = "" if reference is None or reference is runs else _stat(_minus(students, reference), signed=True)
-        gain = _stat([s - statistics.fmean(alone) for s in students], signed=True) if alone else ""
+        own_alone = alone.get(first["stage2_epochs"])
+        gain = "" if own_alone is None else _stat(_minus(students, own_alone), signed=True)
         lines.append(
-            f"| {_cell(runs[0]['variant'])} | {runs[0]['stage1_epochs']} | {_stat([r['teacher_top1'] for r in runs])} "
-            f"| {_stat(students)} | {versus} | {gain} |"
+            f"| {_cell(first['variant'])} | {first['stage1_epochs']} | {first['stage2_epochs']} "
+            f"| {_stat([r['teacher_top1'] for r in runs])} | {_stat(students)} | {versus} | {gain} |"
         )
     lines.append("")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -247,7 +269,7 @@ def write_table(
 
 
 def _minus(students: list[float], reference: list[dict[str, Any]]) -> list[float]:
-    """Per-seed differences to the standard teacher's student of the same seed."""
+    """Per-seed differences to the reference student (standard teacher's, or alone) of the same seed."""
     return [s - r["kd_student_top1"] for s, r in zip(students, reference)]
 
 
