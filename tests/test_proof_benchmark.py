@@ -139,3 +139,44 @@ def test_gpu_proof_script_sizes_the_schedule_and_runs_from_an_archive_alone(tmp_
     assert f"**{fit['epochs']} epochs**" in (tmp_path / "results" / "proof_cpu.md").read_text()
     missing = subprocess.run(["bash", str(script)], capture_output=True, text=True)
     assert missing.returncode != 0 and "usage: bash benchmarks/gpu_proof.sh ARCHIVE" in missing.stderr
+
+
+def test_ablation_table_pairs_differences_by_seed_and_schedule(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import sftn_ablation
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    monkeypatch.setattr(sftn_ablation, "RESULTS", tmp_path)
+    monkeypatch.setattr(sftn_ablation, "provenance", lambda argv, threads: {})
+
+    def row(folder: str, stage1: int | None, teacher: float | None, student: float, stage2: int = 10) -> dict:
+        return {
+            "variant": folder,
+            "folder": folder,
+            "stage1_epochs": stage1,
+            "stage2_epochs": stage2,
+            "teacher_top1": teacher,
+            "kd_student_top1": student,
+        }
+
+    rows = {
+        0: [
+            row("student-alone", None, None, 50.0),
+            row("standard-e40", 40, 70.0, 55.0),
+            row("sftn-e40", 40, 60.0, 56.0),
+        ],
+        1: [
+            row("student-alone", None, None, 52.0),
+            row("standard-e40", 40, 72.0, 58.0),
+            row("sftn-e40", 40, 62.0, 57.0),
+        ],
+    }
+    spec = load_spec(REPO / "benchmarks" / "specs" / "proof_cpu.yaml")
+    args = sftn_ablation.argparse.Namespace(seeds="0,1", train_subset=100)
+    sftn_ablation.write_table(rows, spec, args, [], "table")
+    lines = (tmp_path / "table.md").read_text().splitlines()
+    assert "| standard-e40 | 40 | 10 | 71.00 ± 1.41 | 56.50 ± 2.12 |  | +5.50 ± 0.71 |" in lines
+    assert "| sftn-e40 | 40 | 10 | 61.00 ± 1.41 | 56.50 ± 0.71 | +0.00 ± 1.41 | +5.50 ± 0.71 |" in lines
+    with pytest.raises(SystemExit):
+        sftn_ablation.main(["--only", "no-such-variant"])
