@@ -1,12 +1,13 @@
 """Why does a short-trained SFTN teacher lose accuracy? Variants of stage 1, on a validation split.
 
-Trains, for one seed on the CPU proof configuration with ``--train-subset`` training images and
-5,000 held-out validation images (never the test set), a teacher per variant and a KD student
-from it. Each variant changes one thing in stage 1: lambda_KL, the KL direction, the transform
+Trains, on the CPU proof configuration with ``--train-subset`` training images and 5,000
+held-out validation images (never the test set), a teacher per variant and a KD student from
+it. Each variant changes one thing in stage 1: lambda_KL, the KL direction, the transform
 layers, or the schedule length (stage-1 epochs, milestones at 60% and 90%). Stage 2 keeps the
-spec's schedule for every variant, so the students differ only by their teacher. The student
-trained alone is the reference KD must beat. Stores ``benchmarks/results/sftn_ablation.md`` /
-``.json``.
+spec's 10 epochs, except in the ``-s40`` variants, which distil 40 epochs from the 40-epoch
+teachers; the students of one schedule differ only by their teacher. The student trained alone
+(``student-alone``, ``student-alone-s40``) is the reference KD must beat. Stores
+``benchmarks/results/sftn_ablation.md`` / ``.json`` (``sftn_ablation_seeds_...`` with --seeds).
 
     python benchmarks/sftn_ablation.py --train-subset 20000
     python benchmarks/sftn_ablation.py --only standard-e40,sftn-kl3-e40   # some variants, e.g. in parallel
