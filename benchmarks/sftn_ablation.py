@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from proof import REPO, RESULTS, SPECS, VALIDATION_IMAGES, cifar10_root  # noqa: E402
+from proof import REPO, RESULTS, SPECS, VALIDATION_IMAGES, cifar10_root, scaled_schedule  # noqa: E402
 from provenance import provenance  # noqa: E402
 
 
@@ -44,11 +44,6 @@ class Variant:
     epochs: int | None = None  # stage-1 epochs; None keeps the spec's
     stage2_epochs: int | None = None  # KD (or student-alone) epochs; None keeps the spec's
     teacher_of: str | None = None  # distil from that variant's teacher instead of training one
-
-
-def schedule(epochs: int) -> list[str]:
-    """Stage-1 epochs with the spec's milestone proportions (6 and 9 of 10)."""
-    return [f"train.epochs={epochs}", f"train.milestones=[{round(0.6 * epochs)}, {round(0.9 * epochs)}]"]
 
 
 SCHEDULED = (  # the teachers trained for longer stage-1 schedules
@@ -128,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     from splicer.training.overrides import apply_overrides
 
     root = cifar10_root(args.data_root)
+    proof_spec = load_spec(SPECS / "proof_cpu.yaml")
 
     def spec_for(seed: int):
         base = [
@@ -136,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             f"data.train_subset={args.train_subset}",
             f"train.seed={seed}",
         ]
-        return lambda extra: apply_overrides(load_spec(SPECS / "proof_cpu.yaml"), assignments=base + extra)
+        return lambda extra: apply_overrides(proof_spec, assignments=base + extra)
 
     parent = args.runs or REPO / "runs"
     rows = {
@@ -159,18 +155,30 @@ def run_variant(variant: Variant, spec_with, runs: Path) -> dict[str, Any]:
     from splicer.training.stage2 import distill, train_student
 
     folder = runs / variant.folder
-    stage2_spec = spec_with(schedule(variant.stage2_epochs) if variant.stage2_epochs else [])
+    spec = spec_with([])
+
+    def schedule(epochs: int | None) -> list[str]:
+        """``epochs`` (None: the spec's) with the spec's milestones at the same fractions of training."""
+        return scaled_schedule(spec.train.epochs, spec.train.milestones, epochs) if epochs else []
+
+    stage2_spec = spec_with(schedule(variant.stage2_epochs))
     if variant.kind == "student":
         student = _reuse(folder / "student") or train_student(
             stage2_spec, folder / "student", resume=(folder / "student" / "last.pt").is_file(), quiet=True
         )
-        row = {"variant": variant.label, "folder": variant.folder, "stage1_epochs": None, "overrides": []}
-        row["stage2_epochs"] = stage2_spec.train.epochs
-        row |= {"teacher_top1": None, "kd_student_top1": student["final"]["top1"]}
+        row = {
+            "variant": variant.label,
+            "folder": variant.folder,
+            "stage1_epochs": None,
+            "stage2_epochs": stage2_spec.train.epochs,
+            "overrides": [],
+            "teacher_top1": None,
+            "kd_student_top1": student["final"]["top1"],
+        }
         print(f"{variant.label}: {row['kd_student_top1']:.2f}", flush=True)
         return row
     source = BY_FOLDER[variant.teacher_of] if variant.teacher_of else variant
-    overrides = list(source.stage1) + (schedule(source.epochs) if source.epochs else [])
+    overrides = list(source.stage1) + schedule(source.epochs)
     teacher_spec = spec_with(overrides)
     teacher_folder = runs / source.folder / "teacher"
     teacher = _reuse(teacher_folder) or train_teacher(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
+from types import ModuleType
 
 import pytest
 import torch
@@ -18,6 +20,16 @@ from splicer.training.overrides import apply_overrides
 from splicer.training.stage1 import train_teacher
 from splicer.training.stage2 import distill
 from tests.conftest import REPO
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """A script of benchmarks/ imported as a module (they import each other by file name)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
 
 PROOF_SPECS = sorted((REPO / "benchmarks" / "specs").glob("proof_*.yaml"))
 
@@ -100,11 +112,7 @@ def test_gpu_configuration_trains_both_stages_with_its_numerics_on_cpu(path, tmp
 
 
 def test_epochs_override_keeps_the_milestones_fractions():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from proof import scaled_schedule
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    scaled_schedule = benchmark_module("proof").scaled_schedule
     assert scaled_schedule(10, [6, 9], 40) == ["train.epochs=40", "train.milestones=[24, 36]"]
     assert scaled_schedule(15, [9, 13], 1) == ["train.epochs=1", "train.milestones=[1]"]
 
@@ -142,11 +150,7 @@ def test_gpu_proof_script_sizes_the_schedule_and_runs_from_an_archive_alone(tmp_
 
 
 def test_ablation_table_pairs_differences_by_seed_and_schedule(tmp_path, monkeypatch):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import sftn_ablation
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    sftn_ablation = benchmark_module("sftn_ablation")
     monkeypatch.setattr(sftn_ablation, "RESULTS", tmp_path)
     monkeypatch.setattr(sftn_ablation, "provenance", lambda argv, threads: {})
 

@@ -68,8 +68,7 @@ def plan_transform(source: Shape, target: Shape, equal_kernel: int = 1, activati
     ``equal_kernel`` (odd) is the conv kernel where the sizes are equal (paper: 1);
     ``activation`` puts a ReLU after the BN (paper: yes).
     """
-    plan = _plan_geometry(source, target, equal_kernel)
-    return plan if activation else dataclasses.replace(plan, activation=False)
+    return dataclasses.replace(_plan_geometry(source, target, equal_kernel), activation=activation)
 
 
 def _plan_geometry(source: Shape, target: Shape, equal_kernel: int) -> TransformPlan:
