@@ -10,7 +10,7 @@ from torch import Tensor
 
 from splicer.errors import SplicerError
 from splicer.spec.schema import DistillSpec
-from splicer.training import methods
+from splicer.training.methods import base as method_base
 from splicer.training.methods import DistillMethod, create_method, register_method
 
 STUDENT = [[1.0, 2.0, 0.0], [0.0, 1.0, 0.5]]
@@ -208,7 +208,7 @@ def test_block_count_mismatch_is_a_user_error():
 
 
 def test_a_new_method_registers_without_touching_other_code(monkeypatch):
-    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+    monkeypatch.setattr(method_base, "METHODS", dict(method_base.METHODS))
 
     @register_method("mean_gap")
     class MeanGap(DistillMethod):
@@ -227,3 +227,22 @@ def test_a_new_method_registers_without_touching_other_code(monkeypatch):
     terms = method(logits(STUDENT), logits(TEACHER), student, teacher, torch.tensor(TARGETS))
     assert terms["gap"].item() == pytest.approx(2.0 * len(SHAPES))
     assert terms["total"].item() == pytest.approx(terms["ce"].item() + terms["kd"].item() + terms["gap"].item())
+
+
+def test_method_options_are_validated_by_the_method(monkeypatch):
+    monkeypatch.setattr(method_base, "METHODS", dict(method_base.METHODS))
+
+    class ScaledOptions(method_base.MethodOptions):
+        scale: float = 2.0
+
+    @register_method("scaled")
+    class Scaled(DistillMethod):
+        Options = ScaledOptions
+
+    assert create_method("scaled", DistillSpec(), SHAPES, SHAPES).options.scale == 2.0
+    chosen = DistillSpec(options={"scaled": {"scale": 5.0}})
+    assert create_method("scaled", chosen, SHAPES, SHAPES).options.scale == 5.0
+    with pytest.raises(SplicerError, match=r"distill\.options\.scaled\.scal: .*valid fields of scaled: scale"):
+        create_method("scaled", DistillSpec(options={"scaled": {"scal": 1.0}}), SHAPES, SHAPES)
+    with pytest.raises(SplicerError, match=r"distill\.options: 'scaledd' is not a distillation method; did you mean 'scaled'"):
+        create_method("kd", DistillSpec(options={"scaledd": {}}), SHAPES, SHAPES)

@@ -155,6 +155,10 @@ class DistillSpec(_Strict):
     hint_block: int = Field(
         2, ge=1, description="FitNets: the block (1-based) whose output is the hint (benchmark hint_layer=2)."
     )
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per-method settings, e.g. {crd: {feat_dim: 128}}; each method validates its own fields.",
+    )
 
 
 class Spec(_Strict):

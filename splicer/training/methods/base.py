@@ -1,0 +1,162 @@
+"""The method base classes and the registry; one module per method registers itself here.
+
+A method turns the student's and the frozen teacher's logits (and, for feature methods,
+block features) into named, weighted loss terms. Method-specific settings live in the
+method's own pydantic ``Options`` model and are given in the spec under
+``distill.options.<method>``; :func:`create_method` validates them there, so a typo names
+the method, the field and the valid fields.
+
+The caller computes the teacher's logits and features under ``torch.no_grad``; no method
+needs gradients through the teacher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import Tensor, nn
+
+from splicer.errors import SplicerError, did_you_mean
+from splicer.spec.schema import DistillSpec
+from splicer.training.losses import softened_kl
+
+Shape = tuple[int, int, int]
+"""(C, H, W) of one block output."""
+
+METHODS: dict[str, type[DistillMethod]] = {}
+
+
+def register_method(name: str) -> Callable[[type[DistillMethod]], type[DistillMethod]]:
+    """Class decorator that makes a :class:`DistillMethod` available under ``name``."""
+
+    def register(cls: type[DistillMethod]) -> type[DistillMethod]:
+        if name in METHODS:
+            raise ValueError(f"distillation method {name!r} is already registered")
+        METHODS[name] = cls
+        return cls
+
+    return register
+
+
+class MethodOptions(BaseModel):
+    """Settings of one method (``distill.options.<name>``); unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def create_method(
+    name: str, spec: DistillSpec, teacher_shapes: list[Shape], student_shapes: list[Shape]
+) -> DistillMethod:
+    """Build the method ``name`` for a teacher and student cut into the same number of blocks."""
+    if name not in METHODS:
+        valid = sorted(METHODS)
+        suggestion = did_you_mean(name, valid) or "."
+        raise SplicerError(f"unknown distillation method {name!r}{suggestion} Valid methods: {', '.join(valid)}")
+    if len(teacher_shapes) != len(student_shapes):
+        raise SplicerError(
+            f"teacher and student must be cut into the same number of blocks for distillation; "
+            f"got {len(teacher_shapes)} teacher blocks and {len(student_shapes)} student blocks"
+        )
+    cls = METHODS[name]
+    return cls(spec, list(teacher_shapes), list(student_shapes), method_options(name, spec))
+
+
+def method_options(name: str, spec: DistillSpec) -> MethodOptions:
+    """``distill.options.<name>`` validated against the method's ``Options`` model."""
+    unknown = sorted(set(spec.options) - set(METHODS))
+    if unknown:
+        raise SplicerError(
+            f"distill.options: {unknown[0]!r} is not a distillation method{did_you_mean(unknown[0], sorted(METHODS)) or '.'} "
+            f"Valid methods: {', '.join(sorted(METHODS))}"
+        )
+    options_model = METHODS[name].Options
+    try:
+        return options_model.model_validate(spec.options.get(name, {}))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"distill.options.{name}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        fields = ", ".join(options_model.model_fields) or "none"
+        raise SplicerError(f"{problems} (valid fields of {name}: {fields})") from None
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> Tensor:
+    """Hinton's KD: T^2 * KL(q_T || q_S) at temperature T, so its gradients keep their scale as T grows."""
+    return tau**2 * softened_kl(teacher_logits, student_logits, tau)
+
+
+class DistillMethod(nn.Module):
+    """CE + KD, plus whatever :meth:`feature_terms` adds. Subclasses may own trainable parameters.
+
+    ``forward`` returns named, already weighted terms and their sum under ``"total"``.
+    """
+
+    needs_features: ClassVar[bool] = False
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+
+    def __init__(
+        self,
+        spec: DistillSpec,
+        teacher_shapes: list[Shape],
+        student_shapes: list[Shape],
+        options: MethodOptions | None = None,
+    ) -> None:
+        """The shapes are (C, H, W) of each block output; methods with parameters size them from these."""
+        super().__init__()
+        self.spec = spec
+        self.options: Any = options if options is not None else self.Options()
+
+    def forward(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        student_features: list[Tensor],
+        teacher_features: list[Tensor],
+        targets: Tensor,
+    ) -> dict[str, Tensor]:
+        terms = {
+            "ce": self.spec.ce_weight * F.cross_entropy(student_logits, targets),
+            "kd": self.spec.kd_weight * kd_loss(student_logits, teacher_logits, self.spec.kd_tau),
+        }
+        terms.update(self.feature_terms(student_features, teacher_features))
+        terms["total"] = torch.stack(list(terms.values())).sum()
+        return terms
+
+    def feature_terms(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> dict[str, Tensor]:
+        """Weighted terms beyond CE and KD; none for a pure-logit method."""
+        return {}
+
+
+class FeatureMethod(DistillMethod):
+    """A method that adds ``feature_weight * feature_loss`` on block outputs."""
+
+    needs_features: ClassVar[bool] = True
+    default_feature_weight: ClassVar[float]
+
+    @property
+    def feature_weight(self) -> float:
+        """The spec's feature_weight, or this method's benchmark default when the spec leaves it unset."""
+        if self.spec.feature_weight is None:
+            return self.default_feature_weight
+        return self.spec.feature_weight
+
+    def feature_terms(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> dict[str, Tensor]:
+        return {"feature": self.feature_weight * self.feature_loss(student_features, teacher_features)}
+
+    def feature_loss(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> Tensor:
+        """The unweighted feature loss."""
+        raise NotImplementedError
+
+
+def resize_to(feature: Tensor, size: tuple[int, int]) -> Tensor:
+    """Average-pool ``feature`` down to ``size`` (H, W), or bilinearly upsample it when it is smaller."""
+    height, width = feature.shape[-2:]
+    if (height, width) == size:
+        return feature
+    if height >= size[0] and width >= size[1]:
+        return F.adaptive_avg_pool2d(feature, size)
+    return F.interpolate(feature, size=size, mode="bilinear", align_corners=False)

@@ -1,0 +1,10 @@
+"""KD (Hinton et al., 2015): cross-entropy plus the softened KL to the teacher's logits."""
+
+from __future__ import annotations
+
+from splicer.training.methods.base import DistillMethod, register_method
+
+
+@register_method("kd")
+class KD(DistillMethod):
+    """CE + KD on the logits only; the base class computes both terms."""
