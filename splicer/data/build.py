@@ -77,6 +77,7 @@ def _memory_bundle(
         eval=MemoryBatches(evaluation, batch_size, normalize, train=False, seed=seed, pad=None),
         eval_name="test" if val_index is None else "val",
         num_train=len(train),
+        train_labels=train.labels,
         num_eval=len(evaluation),
         num_classes=num_classes,
         class_names=train.classes,
@@ -164,7 +165,8 @@ def _large_bundle(
     classes = _check_classes(train_folder, num_classes)
     train = ImageFolder(str(train_folder), transform=imagenet_transforms(size, train=spec.augment), loader=loader)
     eval_transform = imagenet_transforms(size, train=False)
-    train_index, val_index = carve(torch.tensor(train.targets), spec.val_split, spec.train_subset)
+    all_labels = torch.tensor(train.targets)
+    train_index, val_index = carve(all_labels, spec.val_split, spec.train_subset)
     if val_index is None:
         eval_folder = split_folder(spec.root, ("test", "val"))
         _check_same_classes(eval_folder, classes)
@@ -183,6 +185,7 @@ def _large_bundle(
         eval=LoaderBatches(evaluation, train=False, **streams),
         eval_name="test" if val_index is None else "val",
         num_train=len(train),
+        train_labels=all_labels[train_index] if len(train_index) < len(all_labels) else all_labels,
         num_eval=len(evaluation),
         num_classes=num_classes,
         class_names=classes,

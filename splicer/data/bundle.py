@@ -15,14 +15,18 @@ class Batches(Protocol):
 
     ``images`` are float32, normalised (N, C, H, W); ``labels`` are int64 (N,). Each
     iteration uses epoch ``epoch`` and then advances it, so plain repeated iteration
-    reshuffles; ``set_epoch`` pins the epoch (e.g. when resuming a run).
+    reshuffles; ``set_epoch`` pins the epoch (e.g. when resuming a run). A training stream
+    with ``indexed`` set yields ``(images, labels, indices)`` instead: int64 (N,) positions
+    of the images in the training split (0 .. num_train - 1), for methods that keep
+    per-sample state (CRD's memory bank).
     """
 
     epoch: int
+    indexed: bool
 
     def set_epoch(self, epoch: int) -> None: ...
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]: ...
 
     def __len__(self) -> int: ...
 
@@ -35,6 +39,7 @@ class DataBundle:
     eval: Batches
     eval_name: str  # 'val' when the eval images were carved from the training split, else 'test'
     num_train: int
+    train_labels: torch.Tensor  # int64 (num_train,), the label of each training index
     num_eval: int
     num_classes: int
     class_names: list[str]

@@ -46,11 +46,26 @@ def open_image(path: str, mode: str) -> Image:
         return Image.open(file).convert(mode)
 
 
+class IndexedDataset(torch.utils.data.Dataset):
+    """``dataset`` whose items also carry their index: ``(image, label, index)``."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        image, label = self.dataset[index]
+        return image, label, index
+
+
 class LoaderBatches:
     """Batches from a map-style dataset of uint8 images through a DataLoader, normalised on the device.
 
     A fresh DataLoader per epoch whose generator is seeded by (seed, epoch) fixes both the
     shuffle and (with workers) their augmentation seeds, so an epoch replays exactly on resume.
+    With ``indexed`` set, training batches also carry each image's index in ``dataset``.
     """
 
     def __init__(
@@ -71,6 +86,7 @@ class LoaderBatches:
         self.workers = workers
         self.device = device
         self.epoch = 0
+        self.indexed = False
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -80,15 +96,16 @@ class LoaderBatches:
             return max(1, len(self.dataset) // self.batch_size)
         return math.ceil(len(self.dataset) / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         self.epoch += 1
         return self._batches(self.epoch - 1)
 
-    def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
         from torch.utils.data import DataLoader
 
+        indexed = self.indexed and self.train
         loader = DataLoader(
-            self.dataset,
+            IndexedDataset(self.dataset) if indexed else self.dataset,
             batch_size=self.batch_size,
             shuffle=self.train,
             drop_last=self.train and len(self.dataset) >= self.batch_size,
@@ -96,6 +113,10 @@ class LoaderBatches:
             pin_memory=self.device.type == "cuda",
             generator=epoch_generator(self.seed, epoch),
         )
-        for images, labels in loader:
+        for images, labels, *index in loader:
             images = images.to(self.device, non_blocking=True)
-            yield self.normalize(images), labels.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            if indexed:
+                yield self.normalize(images), labels, index[0].to(self.device, non_blocking=True)
+            else:
+                yield self.normalize(images), labels

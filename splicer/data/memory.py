@@ -76,7 +76,8 @@ class MemoryBatches:
 
     Training streams shuffle (and, with ``pad``, crop and flip) from a generator seeded by
     (seed, epoch) and drop the last partial batch, so every step has a full batch for
-    BatchNorm. Evaluation streams go in order, unaugmented, with every image.
+    BatchNorm. Evaluation streams go in order, unaugmented, with every image. With
+    ``indexed`` set, training batches also carry each image's index in ``data``.
     """
 
     def __init__(
@@ -89,6 +90,7 @@ class MemoryBatches:
         self.seed = seed
         self.pad = pad
         self.epoch = 0
+        self.indexed = False
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -98,7 +100,7 @@ class MemoryBatches:
             return max(1, len(self.labels) // self.batch_size)
         return math.ceil(len(self.labels) / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         if not self.train:
             return self._eval_batches()
         self.epoch += 1
@@ -109,7 +111,7 @@ class MemoryBatches:
             stop = start + self.batch_size
             yield self.normalize(self.images[start:stop]), self.labels[start:stop]
 
-    def _train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
         generator = epoch_generator(self.seed, epoch)
         count, device = len(self.labels), self.images.device
         # Draw the whole epoch's randomness up front on the CPU: identical on every device,
@@ -125,4 +127,7 @@ class MemoryBatches:
             images = self.images[index]
             if self.pad is not None:
                 images = crop_flip(images, self.pad, top[window], left[window], flip[window])
-            yield self.normalize(images), self.labels[index]
+            if self.indexed:
+                yield self.normalize(images), self.labels[index], index
+            else:
+                yield self.normalize(images), self.labels[index]

@@ -32,8 +32,10 @@ from splicer.training.runs import RunDir
 SYNC_EVERY = 10
 """Steps between host-device synchronisations (progress numbers, divergence check)."""
 
-LossFn = Callable[[Tensor, Tensor], tuple[dict[str, Tensor], Tensor]]
-"""(images, labels) -> (loss terms including "total", logits scored for train accuracy)."""
+LossFn = Callable[..., tuple[dict[str, Tensor], Tensor]]
+"""(images, labels[, sample indices]) -> (loss terms including "total", logits scored for train accuracy).
+
+The sample indices come only from a training stream that was asked for them (``indexed``)."""
 
 
 class TrainingDiverged(SplicerError):
@@ -221,9 +223,9 @@ def _train_epoch(
     images = 0
     host: list[float] = []
     started = time.perf_counter()
-    for step, (batch, labels) in enumerate(data.train):
+    for step, (batch, labels, *indices) in enumerate(data.train):
         with runtime.autocast():
-            terms, logits = stage.loss(runtime.inputs(batch), labels)
+            terms, logits = stage.loss(runtime.inputs(batch), labels, *indices)
         total = terms["total"]
         optimizer.zero_grad(set_to_none=True)
         total.backward()

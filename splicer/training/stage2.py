@@ -87,13 +87,15 @@ def distill(
     data = build_data(
         spec.data, spec.input_size, spec.num_classes, spec.train.batch_size, runtime.device, spec.train.seed
     )
+    data.train.indexed = loss_method.needs_indices
+    loss_method.bind_data(data)
     return fit(stage, spec, run, data, runtime, dist, resume, quiet)
 
 
 def distill_loss(student: BlockNet, teacher: BlockNet, method: DistillMethod) -> LossFn:
     """The method's weighted terms; the teacher runs without autograd, block features only when needed."""
 
-    def loss(images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    def loss(images: Tensor, labels: Tensor, indices: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
         if method.needs_features:
             with torch.no_grad():
                 t_features, t_logits = teacher.forward_features(images)
@@ -102,7 +104,10 @@ def distill_loss(student: BlockNet, teacher: BlockNet, method: DistillMethod) ->
             with torch.no_grad():
                 t_logits = teacher(images)
             s_logits, s_features, t_features = student(images), [], []
-        terms = method(s_logits.float(), t_logits.float(), s_features, t_features, labels)
+        if method.needs_indices:
+            terms = method(s_logits.float(), t_logits.float(), s_features, t_features, labels, indices=indices)
+        else:
+            terms = method(s_logits.float(), t_logits.float(), s_features, t_features, labels)
         return terms, s_logits
 
     return loss

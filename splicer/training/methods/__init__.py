@@ -22,7 +22,7 @@ computes it, so kd_weight multiplies T^2 * KL. The benchmark is the CIFAR-100 co
 
 from __future__ import annotations
 
-from splicer.training.methods import at, fitnets, kd  # noqa: F401  (each registers its method)
+from splicer.training.methods import at, crd, fitnets, kd  # noqa: F401  (each registers its method)
 from splicer.training.methods.base import (
     METHODS,
     DistillMethod,

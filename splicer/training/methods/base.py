@@ -13,7 +13,7 @@ needs gradients through the teacher.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,9 @@ from torch import Tensor, nn
 from splicer.errors import SplicerError, did_you_mean
 from splicer.spec.schema import DistillSpec
 from splicer.training.losses import softened_kl
+
+if TYPE_CHECKING:
+    from splicer.data import DataBundle
 
 Shape = tuple[int, int, int]
 """(C, H, W) of one block output."""
@@ -96,6 +99,9 @@ class DistillMethod(nn.Module):
     """
 
     needs_features: ClassVar[bool] = False
+    needs_indices: ClassVar[bool] = False
+    """True for methods with per-sample state (CRD's memory bank): the training stream then
+    yields each image's index in the training split and ``forward`` gets them as ``indices``."""
     Options: ClassVar[type[MethodOptions]] = MethodOptions
 
     def __init__(
@@ -129,6 +135,9 @@ class DistillMethod(nn.Module):
     def feature_terms(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> dict[str, Tensor]:
         """Weighted terms beyond CE and KD; none for a pure-logit method."""
         return {}
+
+    def bind_data(self, data: DataBundle) -> None:
+        """Size what depends on the training set (CRD's memory bank); called once before training or resuming."""
 
 
 class FeatureMethod(DistillMethod):
