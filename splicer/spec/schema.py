@@ -157,7 +157,7 @@ class DistillSpec(_Strict):
     )
     options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
-        description="Per-method settings, e.g. {crd: {feat_dim: 128}}; each method validates its own fields.",
+        description="Per-method settings, e.g. {crd: {embed_dim: 128}}; each method validates its own fields.",
     )
 
 

@@ -12,7 +12,17 @@ our name        what it weighs                                default           
 ce_weight       cross-entropy of the student with the labels  0.1                     gamma (-r)
 kd_weight       KD = T^2 * KL(q_T || q_S) at T = kd_tau       0.9 (kd_tau 4)          alpha (-a)
 feature_weight  the method's feature loss (FitNets hint, AT)  FitNets 100, AT 1000    beta (-b)
+feature_weight  CRD: its NCE loss, both directions            CRD 0.8                 beta (-b)
+crd.embed_dim   CRD: size of the shared embedding space       128                     feat_dim
+crd.negatives   CRD: negatives per image (other classes)      16384                   nce_k
+crd.temperature CRD: temperature of the contrast scores       0.07                    nce_t
+crd.momentum    CRD: momentum of the two memory banks         0.5                     nce_m
+crd.sampling    CRD: negatives with or without replacement    auto (w/o up to 100k)   choice(replace=)
 ==============  ============================================  ======================  ==============
+
+Sources: CRD's values are the defaults of the authors' RepDistiller (train_student.py, crd/,
+dataset/cifar100.py and, for beta, scripts/run_cifar_distill.sh); ``crd.*`` rows are set
+under ``distill.options.crd``.
 
 The T^2 factor lives inside the KD term (:func:`kd_loss`), as the benchmark's DistillKL
 computes it, so kd_weight multiplies T^2 * KL. The benchmark is the CIFAR-100 code of CRD
