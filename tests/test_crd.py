@@ -108,8 +108,10 @@ def test_crd_loss_and_memory_update_match_a_hand_computation():
         targets = torch.tensor([LABELS[i] for i in indices])
         terms = method(s_logits, t_logits, [s_feat], [t_feat], targets, indices=torch.tensor(indices))
 
-        v_s = [embed(f, params["embed_student.linear.weight"], params["embed_student.linear.bias"]) for f in s_feat.tolist()]
-        v_t = [embed(f, params["embed_teacher.linear.weight"], params["embed_teacher.linear.bias"]) for f in t_feat.tolist()]
+        s_weight, s_bias = params["embed_student.linear.weight"], params["embed_student.linear.bias"]
+        t_weight, t_bias = params["embed_teacher.linear.weight"], params["embed_teacher.linear.bias"]
+        v_s = [embed(f, s_weight, s_bias) for f in s_feat.tolist()]
+        v_t = [embed(f, t_weight, t_bias) for f in t_feat.tolist()]
         if z is None:  # fixed by the first batch, never recomputed
             z = (
                 first_batch_z(v_s, teacher_bank, indices, LABELS, 0.07, 6),
@@ -120,7 +122,8 @@ def test_crd_loss_and_memory_update_match_a_hand_computation():
         )
         assert terms["feature"].item() == pytest.approx(0.8 * expected, rel=1e-4)
         assert terms["ce"].item() == pytest.approx(0.1 * batch_ce(s_logits.tolist(), targets.tolist()), rel=1e-5)
-        assert terms["kd"].item() == pytest.approx(0.9 * 16 * batch_kl(t_logits.tolist(), s_logits.tolist(), 4.0), rel=1e-5)
+        kd = 0.9 * 16 * batch_kl(t_logits.tolist(), s_logits.tolist(), 4.0)
+        assert terms["kd"].item() == pytest.approx(kd, rel=1e-5)
         assert terms["total"].item() == pytest.approx(terms["ce"].item() + terms["kd"].item() + terms["feature"].item())
         for position, index in enumerate(indices):  # momentum 0.5, then back to unit length
             student_bank[index] = unit([0.5 * m + 0.5 * v for m, v in zip(student_bank[index], v_s[position])])
@@ -224,7 +227,8 @@ def test_splicer_distill_trains_crd(teacher: Path, tmp_path: Path):
     spec_file = tmp_path / "toy.yaml"
     spec_file.write_text(yaml.safe_dump(crd_spec(epochs=2), sort_keys=False))
     out = tmp_path / "crd"
-    result = runner.invoke(app, ["distill", str(spec_file), "--teacher", str(teacher), "--method", "crd", "--out", str(out), "-q"])
+    arguments = ["distill", str(spec_file), "--teacher", str(teacher), "--method", "crd", "--out", str(out), "-q"]
+    result = runner.invoke(app, arguments)
     assert result.exit_code == 0, result.output
     records = [yaml.safe_load(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [set(r["terms"]) for r in records] == [{"ce", "kd", "feature"}] * 2

@@ -10,6 +10,9 @@ teacher anchor against the student bank. The defaults, the loss with its normali
 constant Z (fixed from the first batch), the memory update and the negative sampling
 follow the authors' RepDistiller code (crd/criterion.py, crd/memory.py and
 dataset/cifar100.py, ``--mode exact``).
+
+The banks assume one training process: under data-parallel training each process would
+have to write every process's batch into its banks (an all-gather of embeddings and indices).
 """
 
 from __future__ import annotations
