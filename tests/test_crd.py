@@ -207,7 +207,7 @@ def test_gradients_reach_the_student_and_the_embeddings_but_not_the_teacher():
 
 def crd_spec(**train: object) -> dict:
     return toy_spec(
-        data={"dataset": "synthetic", "synthetic_train": 256, "synthetic_test": 64},
+        data={"dataset": "synthetic", "synthetic_train": 128, "synthetic_test": 64},
         train={"epochs": 1, "batch_size": 32, "lr": 0.05, "device": "cpu", **train},
         distill={"options": {"crd": {"negatives": 64}}},
     )
@@ -234,8 +234,8 @@ def test_splicer_distill_trains_crd(teacher: Path, tmp_path: Path):
     assert [set(r["terms"]) for r in records] == [{"ce", "kd", "feature"}] * 2
     assert all(math.isfinite(r["loss"]) and r["terms"]["feature"] > 0 for r in records)
     state = torch.load(out / "last.pt", weights_only=True)["extra"]["method"]
-    assert state["student_memory"].shape == state["teacher_memory"].shape == (256, 128)
-    assert state["_extra_state"]["steps"] == 2 * (256 // 32)
+    assert state["student_memory"].shape == state["teacher_memory"].shape == (128, 128)
+    assert state["_extra_state"]["steps"] == 2 * (128 // 32)
 
 
 def test_resume_restores_weights_memory_banks_and_negatives(teacher: Path, tmp_path: Path):
