@@ -96,6 +96,8 @@ class DistillMethod(nn.Module):
     """
 
     needs_features: ClassVar[bool] = False
+    needs_preactivations: ClassVar[bool] = False
+    """True: the trainer passes each block end's pre-activation (value before its final ReLU) as the features."""
     Options: ClassVar[type[MethodOptions]] = MethodOptions
 
     def __init__(
@@ -109,6 +111,9 @@ class DistillMethod(nn.Module):
         super().__init__()
         self.spec = spec
         self.options: Any = options if options is not None else self.Options()
+
+    def prepare(self, teacher: nn.Module) -> None:
+        """Read what the method needs from the frozen teacher (a TappedBlockNet) before training; nothing by default."""
 
     def forward(
         self,
