@@ -181,20 +181,46 @@ def write_spec(tmp: Path, spec: dict) -> Path:
     return path
 
 
-def test_oh_trains_through_splicer_distill(tmp_path: Path):
-    spec_file = write_spec(tmp_path, toy_spec())
-    teacher = tmp_path / "teacher"
+@pytest.fixture(scope="module")
+def toy_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The toy spec file and a standard teacher trained on it for one epoch."""
+    tmp = tmp_path_factory.mktemp("oh")
+    spec_file = write_spec(tmp, toy_spec())
+    teacher = tmp / "teacher"
     result = runner.invoke(app, ["train", str(spec_file), "--standard", "--out", str(teacher), "-q"])
     assert result.exit_code == 0, result.output
-    out = tmp_path / "oh"
+    return spec_file, teacher
+
+
+def distill_oh(spec_file: Path, teacher: Path, out: Path, epochs: int, resume: bool = False) -> None:
     args = ["distill", str(spec_file), "--teacher", str(teacher), "--method", "oh", "--out", str(out), "-q"]
-    result = runner.invoke(app, [*args, "--epochs", "2"])
+    result = runner.invoke(app, [*args, "--epochs", str(epochs), *(["--resume"] if resume else [])])
     assert result.exit_code == 0, result.output
-    checkpoint = torch.load(out / "last.pt", weights_only=True)
+
+
+def test_oh_trains_through_splicer_distill(toy_teacher: tuple[Path, Path], tmp_path: Path):
+    spec_file, teacher = toy_teacher
+    distill_oh(spec_file, teacher, tmp_path / "oh", epochs=2)
+    checkpoint = torch.load(tmp_path / "oh" / "last.pt", weights_only=True)
     assert checkpoint["meta"]["method"] == "oh" and checkpoint["epoch"] == 2
     assert any(key.startswith("connectors.0.conv") for key in checkpoint["extra"]["method"])
-    metrics = [yaml.safe_load(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = [yaml.safe_load(line) for line in (tmp_path / "oh" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["terms"]["feature"]) and r["terms"]["feature"] > 0 for r in metrics)
+
+
+def test_resumed_oh_run_equals_an_uninterrupted_one(toy_teacher: tuple[Path, Path], tmp_path: Path):
+    spec_file, teacher = toy_teacher
+    distill_oh(spec_file, teacher, tmp_path / "straight", epochs=2)
+    distill_oh(spec_file, teacher, tmp_path / "resumed", epochs=1)
+    distill_oh(spec_file, teacher, tmp_path / "resumed", epochs=2, resume=True)
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    for part in ("model", "extra"):
+        expected = straight[part] if part == "model" else straight[part]["method"]
+        got = resumed[part] if part == "model" else resumed[part]["method"]
+        assert expected.keys() == got.keys()
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
 
 
 def test_distill_refuses_oh_where_a_block_end_has_no_relu_before_creating_a_run(tmp_path: Path):
