@@ -125,3 +125,38 @@ def test_the_normal_forward_path_is_unchanged():
     assert type(network).forward is type(network).__mro__[1].forward
     assert type(network).forward_features is type(network).__mro__[1].forward_features
     assert not any("tap" in name for name, _ in network.named_modules())
+
+
+class FunctionalReLUs(nn.Module):
+    """Block ends written as ``F.relu(x, inplace=True)`` and ``torch.relu_(x)``."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, 1, 1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 16, 3, 2, 1), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = nn.functional.relu(self.bn1(self.conv1(x)), inplace=True)
+        x = torch.relu_(self.bn2(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def functional_relus(num_classes: int = 10) -> FunctionalReLUs:
+    return FunctionalReLUs(num_classes)
+
+
+def test_functional_in_place_relus_are_tapped_too():
+    plan = plan_for("python:tests.test_preactivation:functional_relus", ["relu", "relu_"], size=8)
+    randomise_norms(plan.model)
+    network = block_net(plan).eval()
+    assert [tap.norm for tap in network.taps] == ["bn1", "bn2"]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        _, preactivations, _ = network.forward_preactivations(x)
+        model = plan.model.eval()
+        expected = [model.bn1(model.conv1(x))]
+        expected.append(model.bn2(model.conv2(expected[0].clamp_min(0))))
+    for pre, want in zip(preactivations, expected, strict=True):
+        assert (want < 0).any()
+        torch.testing.assert_close(pre, want, rtol=0, atol=1e-5)
