@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
-from splicer.assembly.modules import SFTN, BlockNet, Branch
+from splicer.assembly.modules import SFTN, Branch
+from splicer.assembly.tapped import TappedBlockNet
 from splicer.errors import CutError, SplicerError
 from splicer.models.registry import create_model
 from splicer.spec import Spec, load_spec
@@ -23,6 +24,7 @@ from splicer.spec.schema import NetworkSpec
 from splicer.synthesis.transforms import Transform, TransformPlan, plan_transform
 from splicer.trace.cuts import CutPoint, find_cut_points, resolve_block_ends
 from splicer.trace.partition import split_graph
+from splicer.trace.preactivation import find_preactivations
 from splicer.trace.shapes import propagate_shapes
 from splicer.trace.stages import auto_block_ends, check_feature_layout, match_ends
 from splicer.trace.tracer import TracedModel, trace_model
@@ -171,7 +173,7 @@ def _pair_blocks(teacher: NetworkPlan, student: NetworkPlan, source: str, notes:
 
 def assemble(spec: Spec, teacher: NetworkPlan, student: NetworkPlan, transforms: list[TransformPlan]) -> SFTN:
     """Teacher blocks + one branch per teacher block but the last, with fresh student blocks."""
-    teacher_net = BlockNet(teacher.parts[:-1], teacher.parts[-1], clone_inputs=_clone_flags(teacher.parts[:-1]))
+    teacher_net = block_net(teacher)
     node_by_name = {n.name: n for n in student.traced.nodes}
     cut_nodes = [node_by_name[c.node] for c in student.block_ends]
     branches = []
@@ -186,11 +188,17 @@ def assemble(spec: Spec, teacher: NetworkPlan, student: NetworkPlan, transforms:
     return SFTN(teacher_net, branches)
 
 
-def build_student(spec: Spec | str | Path) -> BlockNet:
-    """A fresh student cut at its block ends: logits and block features for stage-2 distillation."""
+def build_student(spec: Spec | str | Path) -> TappedBlockNet:
+    """A fresh student cut at its block ends: logits, block features and pre-activations for stage 2."""
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
-    plan = plan_network(spec, spec.student, "student", spec.source)
-    return BlockNet(plan.parts[:-1], plan.parts[-1], clone_inputs=_clone_flags(plan.parts[:-1]))
+    return block_net(plan_network(spec, spec.student, "student", spec.source))
+
+
+def block_net(plan: NetworkPlan) -> TappedBlockNet:
+    """The planned network run block by block, sharing the traced model's weights, with its pre-activation taps."""
+    blocks = plan.parts[:-1]
+    taps = find_preactivations(plan.traced, plan.cut_points, plan.block_ends, blocks)
+    return TappedBlockNet(blocks, plan.parts[-1], clone_inputs=_clone_flags(blocks), taps=taps)
 
 
 def verify_build(result: BuildResult) -> float:

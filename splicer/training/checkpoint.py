@@ -18,7 +18,7 @@ import torch
 from splicer.errors import SplicerError
 
 if TYPE_CHECKING:
-    from splicer.assembly.modules import BlockNet
+    from splicer.assembly.tapped import TappedBlockNet
     from splicer.spec import Spec
 
 FORMAT = 1
@@ -100,8 +100,8 @@ def teacher_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {key[len(prefix) :]: value for key, value in model.items() if key.startswith(prefix)}
 
 
-def network_from_checkpoint(checkpoint: dict[str, Any], path: Path, spec: Spec | None = None) -> BlockNet:
-    """The network a checkpoint trained, as a BlockNet (logits and block features), on the CPU.
+def network_from_checkpoint(checkpoint: dict[str, Any], path: Path, spec: Spec | None = None) -> TappedBlockNet:
+    """The network a checkpoint trained, as a TappedBlockNet (logits, block features, pre-activations), on the CPU.
 
     Teacher checkpoints (SFTN or standard) give ``build(spec).teacher`` without branches;
     student checkpoints give ``build_student(spec)``. ``spec`` defaults to the one stored in

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from splicer.assembly.build import build_student
 from splicer.assembly.modules import BlockNet
+from splicer.assembly.tapped import TappedBlockNet
 from splicer.data import build_data
 from splicer.errors import SplicerError
 from splicer.spec import Spec
@@ -65,14 +66,18 @@ def distill(
     _check_same_teacher(spec, checkpoint, teacher_path)
     dist = Distributed.from_env()
     runtime = Runtime.for_spec(spec, dist)
-    run = open_run(spec.name, f"distill-{method}-{kind}", out, resume)
-    if resume:
-        _check_resumed_teacher(run.last, teacher_path)
     seed_everything(spec.train.seed)
     student = build_student(spec)
     teacher_net = network_from_checkpoint(checkpoint, teacher_path, spec)
     teacher_net.requires_grad_(False)
     loss_method = create_method(method, spec.distill, block_shapes(teacher_net, spec), block_shapes(student, spec))
+    if loss_method.needs_preactivations:  # before the run folder exists: a block end without a ReLU is a spec error
+        teacher_net.check_preactivations("teacher", method)
+        student.check_preactivations("student", method)
+    loss_method.prepare(teacher_net)
+    run = open_run(spec.name, f"distill-{method}-{kind}", out, resume)
+    if resume:
+        _check_resumed_teacher(run.last, teacher_path)
     stage = Stage(
         kind="distill",
         title=f"{spec.name} {method} student from {kind} teacher",
@@ -92,11 +97,16 @@ def distill(
     return fit(stage, spec, run, data, runtime, dist, resume, quiet)
 
 
-def distill_loss(student: BlockNet, teacher: BlockNet, method: DistillMethod) -> LossFn:
-    """The method's weighted terms; the teacher runs without autograd, block features only when needed."""
+def distill_loss(student: TappedBlockNet, teacher: TappedBlockNet, method: DistillMethod) -> LossFn:
+    """The method's weighted terms; the teacher runs without autograd, block features (block outputs, or
+    pre-activations for methods with ``needs_preactivations``) only when needed."""
 
     def loss(images: Tensor, labels: Tensor, indices: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
-        if method.needs_features:
+        if method.needs_preactivations:
+            with torch.no_grad():
+                _, t_features, t_logits = teacher.forward_preactivations(images)
+            _, s_features, s_logits = student.forward_preactivations(images)
+        elif method.needs_features:
             with torch.no_grad():
                 t_features, t_logits = teacher.forward_features(images)
             s_features, s_logits = student.forward_features(images)

@@ -102,6 +102,8 @@ class DistillMethod(nn.Module):
     needs_indices: ClassVar[bool] = False
     """True for methods with per-sample state (CRD's memory bank): the training stream then
     yields each image's index in the training split and ``forward`` gets them as ``indices``."""
+    needs_preactivations: ClassVar[bool] = False
+    """True: the trainer passes each block end's pre-activation (value before its final ReLU) as the features."""
     Options: ClassVar[type[MethodOptions]] = MethodOptions
 
     def __init__(
@@ -115,6 +117,9 @@ class DistillMethod(nn.Module):
         super().__init__()
         self.spec = spec
         self.options: Any = options if options is not None else self.Options()
+
+    def prepare(self, teacher: nn.Module) -> None:
+        """Read what the method needs from the frozen teacher (a TappedBlockNet) before training; nothing by default."""
 
     def forward(
         self,
