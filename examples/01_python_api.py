@@ -43,7 +43,8 @@ def main() -> None:
     branch = sftn.branches[0]
     with torch.no_grad():
         assert torch.allclose(branch(out.teacher_features[0]), out.branch_logits[0], atol=1e-5)
-    print(f"branch 1 has {len(branch.blocks)} student blocks and {sum(p.numel() for p in branch.parameters()):,} parameters")
+    parameters = sum(p.numel() for p in branch.parameters())
+    print(f"branch 1 has {len(branch.blocks)} student blocks and {parameters:,} parameters")
 
     # sftn.teacher alone maps images to logits with the same (shared) parameters: what stage 2 distils from.
     with torch.no_grad():

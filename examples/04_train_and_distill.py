@@ -61,7 +61,9 @@ def main() -> None:
         "standard": train_teacher(spec, standard=True, out=args.out / "teacher-standard"),
     }
     # Stage 2: a fresh student (same initial weights each time) distilled with KD from each frozen teacher.
-    students = {kind: distill(spec, args.out / f"teacher-{kind}", "kd", out=args.out / f"kd-from-{kind}") for kind in teachers}
+    students = {
+        kind: distill(spec, args.out / f"teacher-{kind}", "kd", out=args.out / f"kd-from-{kind}") for kind in teachers
+    }
 
     print(f"\n{'teacher':<10} {'teacher top-1':>14} {'KD student top-1':>17}")
     for kind in teachers:

@@ -1,4 +1,4 @@
-"""Classify image files with a student exported by 05_export_student.py; needs torch, torchvision and Pillow, not splicer.
+"""Classify image files with a student exported by 05_export_student.py; needs torch and torchvision, not splicer.
 
     python examples/05_predict_without_splicer.py student.pt2 photo1.png photo2.jpg
 """

@@ -29,7 +29,8 @@ def test_emitted_trainer_trains_without_splicer_and_distill_uses_its_checkpoint(
 
     checkpoint = tmp_path / "trained.pt"
     done = run_without_splicer(
-        trainer, str(data), "--epochs", "1", "--workers", "0", "--log-every", "1", "--out", str(checkpoint), cwd=tmp_path
+        trainer, str(data), "--epochs", "1", "--workers", "0", "--log-every", "1", "--out", str(checkpoint),
+        cwd=tmp_path,
     )
     losses = [float(x) for x in re.findall(r"step \d+/8 loss ([\d.]+)", done.stdout)]
     assert len(losses) == 8, done.stdout
@@ -38,9 +39,8 @@ def test_emitted_trainer_trains_without_splicer_and_distill_uses_its_checkpoint(
 
     state = torch.load(checkpoint, weights_only=True)
     assert state["kind"] == "sftn" and state["spec"]["name"] == "toy" and state["epoch"] == 1
-    distilled = runner.invoke(
-        app, ["distill", str(spec_path), "--teacher", str(checkpoint), "--method", "kd", "--out", str(tmp_path / "kd"), "--quiet"]
-    )
+    command = ["distill", str(spec_path), "--teacher", str(checkpoint), "--method", "kd", "--out", str(tmp_path / "kd")]
+    distilled = runner.invoke(app, [*command, "--quiet"])
     assert distilled.exit_code == 0, distilled.output
     student_run = torch.load(tmp_path / "kd" / "last.pt", weights_only=True)
     assert student_run["kind"] == "distill" and student_run["meta"]["teacher"] == str(checkpoint)
