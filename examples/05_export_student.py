@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from splicer.data import build_data
+from splicer.data.build import SMALL_SIDE
 from splicer.spec import spec_from_dict
 from splicer.training.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint
 
@@ -59,7 +60,13 @@ def main() -> None:
     program = torch.export.export(model, (example,), dynamic_shapes={"images": {0: batch}})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, args.out)
-    sidecar = {"input_size": list(spec.input_size), "classes": data.class_names, "trained_from": checkpoint["kind"]}
+    # How splicer prepared evaluation images: large ones resized (shorter side) and centre-cropped, small ones resized.
+    large = max(spec.input_size[1:]) > SMALL_SIDE
+    sidecar = {
+        "input_size": list(spec.input_size),
+        "classes": data.class_names,
+        "resize_then_crop": round(min(spec.input_size[1:]) * 256 / 224) if large else None,
+    }
     args.out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
     print(f"wrote {args.out} and {args.out.with_suffix('.json')} ({spec.student.model}, {spec.num_classes} classes)")
 

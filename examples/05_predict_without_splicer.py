@@ -25,11 +25,17 @@ def main() -> None:
     channels, height, width = info["input_size"]
     model = torch.export.load(args.program).module()  # an nn.Module; normalisation is built in
 
-    # Images as the student saw them in training: RGB (or grayscale), resized to its input size, in [0, 1].
-    mode = "RGB" if channels == 3 else "L"
-    batch = torch.stack(
-        [TF.to_tensor(Image.open(path).convert(mode).resize((width, height), Image.BILINEAR)) for path in args.images]
-    )
+    # Images as splicer evaluated them: RGB (or grayscale) at the input size, in [0, 1]; the normalisation
+    # is inside the program.
+    def load(path: Path) -> torch.Tensor:
+        image = Image.open(path).convert("RGB" if channels == 3 else "L")
+        if info["resize_then_crop"]:  # large images: shorter side resized, then the centre cut out
+            image = TF.center_crop(TF.resize(image, info["resize_then_crop"]), [height, width])
+        else:
+            image = image.resize((width, height), Image.BILINEAR)
+        return TF.to_tensor(image)
+
+    batch = torch.stack([load(path) for path in args.images])
     with torch.no_grad():
         probabilities = model(batch).softmax(1)
     top = probabilities.topk(min(args.top, probabilities.shape[1]), dim=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 
@@ -35,7 +36,12 @@ def test_emitted_trainer_trains_without_splicer_and_distill_uses_its_checkpoint(
     losses = [float(x) for x in re.findall(r"step \d+/8 loss ([\d.]+)", done.stdout)]
     assert len(losses) == 8, done.stdout
     assert sum(losses[-2:]) < sum(losses[:2]), f"loss did not go down: {losses}"
-    assert "teacher test top-1" in done.stdout and checkpoint.is_file()
+    trainer_top1 = float(re.search(r"teacher test top-1 ([\d.]+)%", done.stdout).group(1))
+
+    # splicer's own evaluation of the checkpoint (its data pipeline and normalisation) agrees with the trainer's.
+    scored = runner.invoke(app, ["eval", str(checkpoint), "--device", "cpu", "--json"])
+    assert scored.exit_code == 0, scored.output
+    assert abs(json.loads(scored.stdout)["last"]["top1"] - trainer_top1) < 1e-6, (scored.output, done.stdout)
 
     state = torch.load(checkpoint, weights_only=True)
     assert state["kind"] == "sftn" and state["spec"]["name"] == "toy" and state["epoch"] == 1

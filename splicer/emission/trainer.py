@@ -105,7 +105,7 @@ def image_sets(root):
         augment = [transforms.RandomCrop(size, padding=pad), transforms.RandomHorizontalFlip()]
         evaluate = [transforms.Resize(size)]
     else:  # ImageNet recipe
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if CHANNELS == 3 else ((0.449,), (0.226,))
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if CHANNELS == 3 else ((sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,))
         augment = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()]
         evaluate = [transforms.Resize(round(min(size) / 0.875)), transforms.CenterCrop(size)]
     finish = [transforms.ToTensor(), transforms.Normalize(mean, std)]
@@ -204,8 +204,9 @@ def main(argv=None):
             f"lr {lr:.4g}, {time.time() - started:.0f}s",
             flush=True,
         )
-        checkpoint = {"format": @@FORMAT@@, "kind": "sftn", "spec": spec, "model": model.state_dict()}
-        save({**checkpoint, "epoch": epoch, "test_top1": top1}, args.out)
+        # The layout of splicer's own checkpoints, so `splicer distill --teacher` and `splicer eval` read it.
+        checkpoint = {"format": @@FORMAT@@, "kind": "sftn", "meta": {"trainer": "train_sftn.py"}, "spec": spec}
+        save({**checkpoint, "model": model.state_dict(), "epoch": epoch, "test_top1": top1}, args.out)
     print(f"saved {args.out}")
 
 
