@@ -28,7 +28,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+# benchmarks/ is on sys.path when run as a script
+from provenance import REPO, git_commit, portable_command, repo_relative
+
 SPECS = REPO / "benchmarks" / "specs"
 RESULTS = REPO / "benchmarks" / "results"
 CIFAR_TOOL = REPO.parent / "shared" / "tools" / "cifar10-root"
@@ -178,6 +180,14 @@ def probe(args: argparse.Namespace, root: Path, methods: list[str], seeds: list[
     return seconds
 
 
+def portable_report(report: dict[str, Any]) -> dict[str, Any]:
+    """The experiment report with its folders relative to the repository, as results are stored."""
+    runs = {
+        seed: {kind: repo_relative(folder) for kind, folder in kinds.items()} for seed, kinds in report["runs"].items()
+    }
+    return {**report, "folder": repo_relative(report["folder"]), "runs": runs}
+
+
 def stored_seconds(results: dict[str, Any]) -> float:
     """Wall seconds of every run in the proof's tables, from the runs' own summaries."""
     return sum(
@@ -205,15 +215,19 @@ def main(argv: list[str] | None = None) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     split = "val" if args.validation else "test"
     name = f"proof_{args.config}{'_val' if args.validation else ''}{'_' + args.tag if args.tag else ''}"
-    command = "python benchmarks/proof.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = portable_command("benchmarks/proof.py", argv if argv is not None else sys.argv[1:])
+    commit = git_commit()
     sections = [
         f"# Proof ({args.config}): students from an SFTN vs from a standard teacher, real CIFAR-10 ({split} split)",
         "",
         f"Command: `{command}`  ",
+        f"Commit: {commit}  ",
         f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {machine()}",
         "",
     ]
-    results: dict[str, Any] = {"command": command, "machine": machine(), "split": split, "pairs": {}}
+    results: dict[str, Any] = {
+        "command": command, "commit": commit, "machine": machine(), "split": split, "pairs": {}
+    }
     try:
         if args.fit_minutes is not None:
             if args.epochs is not None:
@@ -233,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
             out = args.runs / spec.name / name
             report = run_experiment(spec, methods, seeds, out=out, resume=True, quiet=args.quiet)
             lines, timing = timing_table(report, pipeline_rate(spec))
+            report = portable_report(report)
             body = render_markdown(report).replace("# ", "## ", 1)
             sections += [body, "### Time", "", *lines, ""]
             results["pairs"][spec.name] = {"report": report, "timing": timing}

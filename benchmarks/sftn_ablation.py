@@ -237,6 +237,7 @@ def write_table(
     alone_text = "; ".join(
         f"{epochs} epochs **{_stat([r['kd_student_top1'] for r in runs])}**" for epochs, runs in alone.items()
     )
+    meta = provenance(argv, int(os.environ.get("OMP_NUM_THREADS", "0")) or 2)
     seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± standard deviation over seeds {args.seeds}"
     lines = [
         "# Why a short-trained SFTN loses: stage-1 variants on a validation split",
@@ -247,10 +248,7 @@ def write_table(
         "Stage 1 and stage 2 (KD, tau 4) epochs as in the table, milestones at 60% and 90% of each. Differences "
         "are paired by seed." + (f" Student alone: {alone_text}." if alone else ""),
         "",
-        *(
-            f"- {key}: {value}"
-            for key, value in provenance(argv, int(os.environ.get("OMP_NUM_THREADS", "0")) or 2).items()
-        ),
+        *(f"- {key}: {value}" for key, value in meta.items()),
         "",
         "| Teacher (stage 1) | Stage-1 epochs | Stage-2 epochs | Teacher top-1 | KD student top-1 "
         "| KD student minus the standard teacher's (same epochs) | KD student minus the student alone (same epochs) |",
@@ -272,7 +270,8 @@ def write_table(
     lines.append("")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.md").write_text("\n".join(lines))
-    payload = {"rows": {str(seed): seed_rows for seed, seed_rows in rows.items()}, "train_subset": args.train_subset}
+    rows_by_seed = {str(seed): seed_rows for seed, seed_rows in rows.items()}
+    payload = {"meta": meta, "rows": rows_by_seed, "train_subset": args.train_subset}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     print("\n".join(lines))
 

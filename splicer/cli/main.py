@@ -50,7 +50,7 @@ def build(
     spec: SpecArg,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: build/<name>).")] = None,
 ) -> None:
-    """Compile SPEC into an SFTN and write sftn.py, report.md, branch graphs and the resolved spec."""
+    """Compile SPEC into an SFTN and write sftn.py, train_sftn.py, report.md, branch graphs and the resolved spec."""
     from splicer.assembly.build import compile_spec
     from splicer.emission.artifacts import emit_artifacts
     from splicer.emission.report import summary_lines

@@ -1,4 +1,4 @@
-"""Write a compiled SFTN's artifacts to a folder: source, report, graphs, resolved spec."""
+"""Write a compiled SFTN's artifacts to a folder: source and its trainer, report, graphs, resolved spec."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from splicer.assembly.build import BuildResult
 from splicer.emission.graph import branch_graph, to_dot, to_mermaid
 from splicer.emission.report import markdown_report
 from splicer.emission.source import EmissionError, emit_source
+from splicer.emission.trainer import emit_trainer
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -32,16 +33,21 @@ def resolved_spec_yaml(result: BuildResult) -> str:
 
 
 def emit_artifacts(result: BuildResult, out_dir: str | Path) -> dict[str, Path]:
-    """Write every artifact; returns what was written by kind. A failed ``sftn.py`` is noted, not fatal."""
+    """Write every artifact; returns what was written by kind.
+
+    A failed ``sftn.py`` is noted, not fatal; ``train_sftn.py`` imports it, so it is written only with it.
+    """
     out = Path(out_dir)
     written: dict[str, Path] = {}
     try:
         source = emit_source(result)
     except EmissionError as exc:
-        result.notes.append(f"sftn.py not written: {exc}")
+        result.notes.append(f"sftn.py and train_sftn.py not written: {exc}")
     else:
         written["source"] = out / "sftn.py"
         write_text_atomic(written["source"], source)
+        written["trainer"] = out / "train_sftn.py"
+        write_text_atomic(written["trainer"], emit_trainer(result))
     graph = branch_graph(result)
     texts = {
         "report": ("report.md", markdown_report(result)),

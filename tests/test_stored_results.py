@@ -1,0 +1,59 @@
+"""Stored benchmark results stay true on another machine: no absolute paths, and the commit that made them."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO
+from tests.test_proof_benchmark import benchmark_module
+
+RESULTS = sorted((REPO / "benchmarks" / "results").rglob("*.*"))
+
+# A path from the file-system root (/work/..., /home/...), a home folder (~/...) or a drive (C:\...),
+# starting a token; "1/5/15 min" and "150/180/210" do not count, as a word character precedes their slash.
+ABSOLUTE_PATH = re.compile(r"(?:^|[\s\"'`(\[=])(/[\w.-]+/[\w./-]*|~/[\w./-]+|[A-Za-z]:\\[\w\\.-]+)")
+
+
+def test_there_are_stored_results():
+    assert any(path.suffix == ".json" for path in RESULTS) and any(path.suffix == ".md" for path in RESULTS)
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=[p.name for p in RESULTS])
+def test_stored_result_names_no_absolute_path_and_records_its_commit(path):
+    text = path.read_text()
+    found = ABSOLUTE_PATH.findall(text)
+    assert not found, f"{path.name} names absolute paths, e.g. {found[:3]}; store them relative to the repository"
+    assert re.search(r"commit\W+(unknown|[0-9a-f]{40})", text, re.IGNORECASE), f"{path.name} does not record its commit"
+
+
+def test_the_path_check_catches_machine_paths():
+    for text in ('"run": "/work/main/runs/x"', "- seed 0: `/home/me/runs/seed0`", "root ~/data/cifar", r"at C:\runs\a"):
+        assert ABSOLUTE_PATH.search(text), text
+    for text in ("load average (1/5/15 min)", "lr x0.1 at 150/180/210", "runs/proof_cpu/seed0", "../shared/data"):
+        assert not ABSOLUTE_PATH.search(text), text
+
+
+def test_provenance_names_the_commit_with_a_dirty_mark_and_relative_folders(tmp_path):
+    provenance = benchmark_module("provenance")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    assert provenance.git_commit() == head + ("+dirty" if changed else "")
+    assert provenance.repo_relative(REPO / "runs" / "proof" / "seed0") == "runs/proof/seed0"
+    assert not provenance.repo_relative(tmp_path / "runs").startswith("/")
+    script = str(REPO / "benchmarks" / "proof.py")
+    command = provenance.portable_command(script, ["--runs", str(REPO / "runs"), "--seeds", "0"])
+    assert command == "python benchmarks/proof.py --runs runs --seeds 0"
+    assert provenance.portable_command("benchmarks/proof.py", [f"--out={REPO}/x"]).endswith(" --out=x")
+
+
+def test_proof_report_stores_run_folders_relative_to_the_repository():
+    proof = benchmark_module("proof")
+    report = {"folder": str(REPO / "runs" / "p"), "runs": {"0": {"sftn": str(REPO / "runs" / "p" / "seed0" / "sftn")}}}
+    stored = proof.portable_report(report)
+    assert stored["folder"] == "runs/p" and stored["runs"]["0"]["sftn"] == "runs/p/seed0/sftn"
+    assert report["folder"] == str(REPO / "runs" / "p")  # the live report, which reads summaries, is unchanged
