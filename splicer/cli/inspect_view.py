@@ -47,7 +47,8 @@ def print_overview(data: dict[str, Any], console: Any) -> None:
 
     say(f"SFTN {data['name']} ({data['source']})", "bold")
     say(f"teacher {teacher['model']}, student {student['model']}")
-    say(f"input {_shape(data['input_size'])}, {data['num_classes']} classes; {n} blocks, {len(data['branches'])} branches")
+    count = f"{n - 1} branch{'es' if n > 2 else ''}"
+    say(f"input {_shape(data['input_size'])}, {data['num_classes']} classes; {n} blocks, {count}")
     say(
         f"parameters: teacher {format_count(params['teacher'])}, branches {format_count(params['branches'])}, "
         f"total {format_count(params['total'])}"

@@ -97,6 +97,7 @@ def draw_branch_graph(graph: nx.DiGraph, title: str, subtitle: str = "") -> Any:
     plt = _pyplot()
     n_blocks = max(d["block"] for d in graph.nodes.values()) - 1
     width = 2 * _MARGIN + _BOX_W + (n_blocks + 1) * _PITCH_X
+    width = max(width, 2 * _MARGIN + 0.11 * max(len(title), 0.75 * len(subtitle)))  # long names stay in view
     height = _TITLE_H + _MARGIN + _BOX_H + (n_blocks - 1) * _PITCH_Y + 0.1
     fig = plt.figure(figsize=(width, height))
     ax = fig.add_axes((0, 0, 1, 1))
@@ -193,8 +194,8 @@ def write_result_pictures(result: BuildResult, paths: list[Path]) -> None:
     branches = sum(count_parameters(b) for b in sftn.branches)
     title = f"SFTN {spec.name}: teacher {spec.teacher.model}, student {spec.student.model}"
     subtitle = (
-        f"{n} blocks, {n - 1} branches, input {'x'.join(map(str, spec.input_size))}; parameters: teacher "
-        f"{format_count(count_parameters(sftn.teacher))}, branches {format_count(branches)}, "
+        f"{n} blocks, {n - 1} branch{'es' if n > 2 else ''}, input {'x'.join(map(str, spec.input_size))}; "
+        f"parameters: teacher {format_count(count_parameters(sftn.teacher))}, branches {format_count(branches)}, "
         f"total {format_count(count_parameters(sftn))}"
     )
     write_branch_pictures(branch_graph(result), paths, title, subtitle)

@@ -151,7 +151,8 @@ def markdown_report(result: BuildResult, tables: list[PartTable] | None = None) 
     out.append(f"| teacher | {count_parameters(sftn.teacher):,} |")
     for i, branch in enumerate(sftn.branches, start=1):
         out.append(f"| branch {i} | {count_parameters(branch):,} |")
-    out += ["", "## Branch graph", "", "```mermaid", to_mermaid(branch_graph(result)).rstrip(), "```", ""]
+    out += ["", "## Branch graph", "", "![branch graph](branch_graph.svg)", ""]  # written next to this report
+    out += ["```mermaid", to_mermaid(branch_graph(result)).rstrip(), "```", ""]
     out += ["## Layers", ""]
     for table in tables:
         out += [f"### {table.title}", "", markdown_table(table)]
