@@ -42,6 +42,8 @@ def test_svg_has_one_node_per_block_transform_and_branch_block(toy_result, tmp_p
     assert {data["shape"] for _, _, data in graph.edges(data=True)} <= texts  # shapes on the edges
     assert any(t.endswith("params") for t in texts)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    write_result_pictures(toy_result, [tmp_path / "again.svg"])
+    assert (tmp_path / "again.svg").read_bytes() == svg.read_bytes()  # no date or random id: rebuilds are identical
 
 
 def test_picture_format_comes_from_the_extension(toy_result, tmp_path):

@@ -146,8 +146,8 @@ def draw_branch_graph(graph: nx.DiGraph, title: str, subtitle: str = "") -> Any:
     for i in range(1, n_blocks):  # name each branch just left of its transform, where no edge runs
         x, y = _cell(graph, f"R{i}_T", n_blocks)
         ax.text(x - _BOX_W / 2 - 0.1, y, f"branch {i}", ha="right", va="center", fontsize=9, style="italic")
-    handles = [Patch(facecolor=_COLOURS[r][0], edgecolor=_COLOURS[r][1], label=label) for r, label in
-               (("teacher", "teacher"), ("transform", "transform"), ("student", "student (branch)"))]
+    legend = (("teacher", "teacher"), ("transform", "transform"), ("student", "student (branch)"))
+    handles = [Patch(facecolor=_COLOURS[role][0], edgecolor=_COLOURS[role][1], label=label) for role, label in legend]
     ax.legend(
         handles=handles, loc="upper left", fontsize=8, frameon=False, ncol=3, borderaxespad=0, borderpad=0,
         bbox_to_anchor=(_MARGIN, top - 0.78), bbox_transform=ax.transData,
