@@ -70,6 +70,9 @@ def test_short_runs_draw_a_marker_at_every_point(epochs):
         for line in lines:
             assert len(line.get_xdata()) == epochs
             assert line.get_marker() not in (None, "", " ", "None") and line.get_markersize() >= 3, line.get_label()
+        for ax in fig.axes:
+            low, high = ax.get_xlim()
+            assert low < 1 and high > epochs and all(float(tick).is_integer() for tick in ax.get_xticks())
     finally:
         plt.close(fig)
 

@@ -27,6 +27,16 @@ def _points(count: int) -> dict[str, Any]:
     return {"marker": "o", "markersize": 4} if count <= MARKED_EPOCHS else {}
 
 
+def _whole_epochs(ax: Any, epochs: list[int]) -> None:
+    """Epoch ticks at whole numbers; a run of one or two epochs gets a little room either side
+    (matplotlib would otherwise tick 0.96, 0.98, ... around a single point)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if epochs and max(epochs) - min(epochs) < 2:
+        ax.set_xlim(min(epochs) - 1, max(epochs) + 1)
+
+
 def curves_figure(records: list[dict[str, Any]], title: str, kl_term: str | None) -> Any:
     """Three panels: training loss with its terms, the KL term alone, train/eval accuracy."""
     plt = _pyplot()
@@ -52,6 +62,7 @@ def curves_figure(records: list[dict[str, Any]], title: str, kl_term: str | None
     acc_ax.legend(fontsize="small")
     for ax in axes:
         ax.grid(alpha=0.3)
+        _whole_epochs(ax, epochs)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -90,8 +101,10 @@ def plot_comparison(
             )
         kl_ax.set(title=f"{method}: KL term ({kl_term})", xlabel="epoch")
         acc_ax.set(title=f"{method}: student eval top-1 (%)", xlabel="epoch")
+        every_epoch = [r["epoch"] for records in by_teacher.values() for r in records]
         for ax in (kl_ax, acc_ax):
             ax.grid(alpha=0.3)
+            _whole_epochs(ax, every_epoch)
             ax.legend(fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
