@@ -100,3 +100,8 @@ def test_schema_is_json():
     result = runner.invoke(app, ["schema"])
     assert result.exit_code == 0
     assert json.loads(result.output)["title"] == "Spec"
+
+
+def test_spec_flags_on_a_model_reference_are_one_message():
+    result = runner.invoke(app, ["inspect", "python:tests.toy_nets:tiny_resnet", "--json"])
+    assert result.exit_code == 2 and "need a spec file" in result.output and "Traceback" not in result.output

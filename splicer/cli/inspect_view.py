@@ -67,12 +67,15 @@ def print_overview(data: dict[str, Any], console: Any) -> None:
             s["end"], _shape(s["shape"]), format_count(s["parameters"]),
         )
     blocks.add_row(
-        "head", "-> z_T", "", format_count(teacher["head_parameters"]), "-> z_S", "", format_count(student["head_parameters"])
+        "head", "-> z_T", "", format_count(teacher["head_parameters"]),
+        "-> z_S", "", format_count(student["head_parameters"]),
     )
     console.print()
     console.print(blocks)
 
-    branches = _table("Branch", "Transform T^i", "Shapes", "Then", "Params", title="Branches (branch i starts at B_T^i)")
+    branches = _table(
+        "Branch", "Transform T^i", "Shapes", "Then", "Params", title="Branches (branch i starts at B_T^i)"
+    )
     for b in data["branches"]:
         t = b["transform"]
         first, last = b["student_blocks"][0], b["student_blocks"][-1]

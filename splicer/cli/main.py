@@ -73,11 +73,16 @@ def inspect(
     ] = None,
     num_classes: Annotated[int, typer.Option(help="Classes, for a model reference.")] = 1000,
     all_cuts: Annotated[bool, typer.Option("--all", help="List every cut point, not only stage ends.")] = False,
-    layers: Annotated[bool, typer.Option("--layers", help="Every layer of the teacher and each branch (the paper's table 12).")] = False,
+    layers: Annotated[
+        bool, typer.Option("--layers", help="Also every layer of the teacher and each branch (the paper's table 12).")
+    ] = False,
     graph: Annotated[
-        Path | None, typer.Option("--graph", help="Write the branch graph to this file: .svg or .png picture, .dot or .mmd text.")
+        Path | None,
+        typer.Option("--graph", help="Write the branch graph to this file: .svg or .png picture, .dot or .mmd text."),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (with --layers: the layer tables too).")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON (with --layers: the layer tables too).")
+    ] = False,
 ) -> None:
     """Summarise an SFTN (blocks, shapes, transforms, parameters) from a spec; or list a model's cut points."""
     from rich.console import Console
@@ -86,7 +91,8 @@ def inspect(
 
     console = Console(highlight=False)
     if graph is not None and graph.suffix.lower() not in GRAPH_FORMATS:
-        raise SplicerError(f"--graph {graph}: unknown format {graph.suffix or '(no extension)'}; use {', '.join(GRAPH_FORMATS)}")
+        known = ", ".join(GRAPH_FORMATS)
+        raise SplicerError(f"--graph {graph}: unknown format {graph.suffix or '(no extension)'}; use {known}")
     if Path(target).is_file() or target.endswith((".yaml", ".yml")):
         _inspect_spec(Path(target), console, layers, graph, as_json)
     elif layers or graph is not None or as_json:

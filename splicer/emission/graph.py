@@ -38,7 +38,9 @@ def branch_graph(result: BuildResult) -> nx.DiGraph:
     sftn = result.sftn
     n = len(result.teacher.block_ends)
     input_shape = tuple(result.spec.input_size)
-    graph.add_node("input", label=f"input {_shape(input_shape)}", role="input", branch=0, block=0, name="input", end="", params=0)
+    graph.add_node(
+        "input", label=f"input {_shape(input_shape)}", role="input", branch=0, block=0, name="input", end="", params=0
+    )
     previous = "input"
     for k in range(1, n + 1):
         node = f"T_B{k}"
@@ -69,7 +71,7 @@ def branch_graph(result: BuildResult) -> nx.DiGraph:
                 node, label=f"B_S^{k} ({end})", role="student", branch=i, block=k, name=f"B_S^{k}", end=end,
                 params=count_parameters(branch.blocks[k - i - 1]),
             )
-            graph.add_edge(previous, node, shape=_shape(plan.target if k == i + 1 else result.student.block_shapes[k - 2]))
+            graph.add_edge(previous, node, shape=_shape(result.student.block_shapes[k - 2]))
             previous = node
         head = f"R{i}_head"
         graph.add_node(

@@ -95,7 +95,9 @@ def summary_data(result: BuildResult, tables: list[PartTable] | None = None) -> 
         "source": str(result.source),
         "input_size": list(spec.input_size),
         "num_classes": spec.num_classes,
-        "teacher": network(result.teacher, spec.teacher.model, list(sftn.teacher.blocks), sftn.teacher.head, sftn.teacher),
+        "teacher": network(
+            result.teacher, spec.teacher.model, list(sftn.teacher.blocks), sftn.teacher.head, sftn.teacher
+        ),
         "student": network(
             result.student, spec.student.model, result.student.parts[:-1], result.student.parts[-1], result.student.model
         ),
