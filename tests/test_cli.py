@@ -17,8 +17,9 @@ def test_build_writes_every_artifact(tmp_path):
     assert result.exit_code == 0, result.output
     assert "T^1: 1x1 conv: 128x16x16 -> 128x16x16" in result.output
     assert "parameters: teacher 9.46M" in result.output
-    for name in ("sftn.py", "report.md", "branch_graph.dot", "branch_graph.mmd", "spec.resolved.yaml"):
+    for name in ("sftn.py", "train_sftn.py", "report.md", "branch_graph.dot", "branch_graph.mmd", "branch_graph.svg", "branch_graph.png"):
         assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "spec.resolved.yaml").is_file()
     report = (tmp_path / "report.md").read_text()
     assert "| Conv2d-36 | ReLU-13 | 128x16x16 | 1x1 | 128 | 1 | 0 | 128x16x16 | T^1 |" in report
     assert "```mermaid" in report
@@ -36,10 +37,57 @@ def test_bad_spec_is_one_message_and_exit_2(write_spec):
     assert "Traceback" not in result.output
 
 
-def test_inspect_spec_prints_tables_and_graph():
-    result = runner.invoke(app, ["inspect", str(REPO / "specs" / "vgg13_vgg8.yaml")])
+def _inspect(*args: str, columns: int = 80):
+    result = runner.invoke(app, ["inspect", *args], env={"COLUMNS": str(columns)})
     assert result.exit_code == 0, result.output
-    assert "Conv2d-36" in result.output and "flowchart LR" in result.output
+    return result.output
+
+
+def test_inspect_spec_is_a_short_overview_that_fits_80_columns():
+    spec = str(REPO / "specs" / "vgg13_vgg8.yaml")
+    overview = _inspect(spec).splitlines()
+    layers = _inspect(spec, "--layers").splitlines()
+    assert max(map(len, overview)) <= 80 and max(map(len, layers)) <= 80
+    assert len(overview) < 40 and len(layers) > 3 * len(overview)
+    text = "\n".join(overview)
+    assert "cifar:vgg13" in text and "parameters: teacher 9.46M" in text and "Conv2d-36" not in text
+    block_rows = [line for line in overview if line.split()[:2] in (["1", "stage2"], ["4", "stage5"])]
+    assert len(block_rows) == 2 and "128x16x16" in block_rows[0]  # one line per block
+    branch_rows = [line for line in overview if "1x1 conv" in line]
+    assert len(branch_rows) == 3 and "B_S^2..4, head" in branch_rows[0]  # one line per branch
+    assert any(line.split()[:2] == ["Conv2d-36", "ReLU-13"] and line.split()[-1] == "T^1" for line in layers)
+
+
+def test_inspect_follows_the_terminal_width(write_spec):
+    spec = str(write_spec(toy_spec()))
+    assert max(map(len, _inspect(spec, columns=50).splitlines())) <= 50
+    assert max(map(len, _inspect(spec, "--layers", columns=60).splitlines())) <= 60
+    wide = _inspect(spec, "--layers", columns=140).splitlines()
+    assert any(line.split()[:4] == ["add-10", "BatchNorm2d-8,", "Identity-9", "8x16x16"] for line in wide)
+
+
+def test_inspect_json_for_tools(write_spec):
+    data = json.loads(_inspect(str(write_spec(toy_spec())), "--json", "--layers"))
+    assert data["format"] == "splicer.inspect/1"
+    assert {"name", "source", "input_size", "num_classes", "teacher", "student", "branches", "parameters",
+            "equivalence_error", "notes", "compile_seconds", "layers"} <= set(data)
+    assert [b["end"] for b in data["teacher"]["blocks"]] == ["layer1", "layer2", "layer3"]
+    assert [b["student_blocks"] for b in data["branches"]] == [[2, 3], [3]]
+    assert data["branches"][0]["transform"]["source_shape"] == data["teacher"]["blocks"][0]["shape"]
+    params = data["parameters"]
+    assert params["total"] == params["teacher"] + params["branches"]
+    assert params["teacher"] == sum(b["parameters"] for b in data["teacher"]["blocks"]) + data["teacher"]["head_parameters"]
+    assert data["layers"][0]["columns"][0] == "Layer" and len(data["layers"]) == 3
+
+
+def test_inspect_graph_writes_the_file(write_spec, tmp_path):
+    spec = str(write_spec(toy_spec()))
+    for name in ("g.png", "g.mmd"):
+        output = _inspect(spec, "--graph", str(tmp_path / name))
+        assert f"wrote {tmp_path / name}" in output and (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "g.mmd").read_text().startswith("flowchart LR")
+    bad = runner.invoke(app, ["inspect", spec, "--graph", str(tmp_path / "g.pdf")])
+    assert bad.exit_code == 2 and "unknown format .pdf" in bad.output and not (tmp_path / "g.pdf").exists()
 
 
 def test_inspect_model_lists_cut_points():
@@ -52,3 +100,8 @@ def test_schema_is_json():
     result = runner.invoke(app, ["schema"])
     assert result.exit_code == 0
     assert json.loads(result.output)["title"] == "Spec"
+
+
+def test_spec_flags_on_a_model_reference_are_one_message():
+    result = runner.invoke(app, ["inspect", "python:tests.toy_nets:tiny_resnet", "--json"])
+    assert result.exit_code == 2 and "need a spec file" in result.output and "Traceback" not in result.output

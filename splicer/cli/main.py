@@ -41,6 +41,8 @@ def user_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+GRAPH_FORMATS = (".svg", ".png", ".dot", ".mmd")  # splicer inspect --graph: pictures, Graphviz DOT, Mermaid
+
 SpecArg = Annotated[Path, typer.Argument(help="Spec file (YAML).", show_default=False)]
 
 
@@ -71,29 +73,67 @@ def inspect(
     ] = None,
     num_classes: Annotated[int, typer.Option(help="Classes, for a model reference.")] = 1000,
     all_cuts: Annotated[bool, typer.Option("--all", help="List every cut point, not only stage ends.")] = False,
+    layers: Annotated[
+        bool, typer.Option("--layers", help="Also every layer of the teacher and each branch (the paper's table 12).")
+    ] = False,
+    graph: Annotated[
+        Path | None,
+        typer.Option("--graph", help="Write the branch graph to this file: .svg or .png picture, .dot or .mmd text."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON (with --layers: the layer tables too).")
+    ] = False,
 ) -> None:
-    """Print an SFTN's blocks, transforms, layer tables and branch graph; or a model's cut points."""
+    """Summarise an SFTN (blocks, shapes, transforms, parameters) from a spec; or list a model's cut points."""
     from rich.console import Console
 
-    console = Console()
+    from splicer.errors import SplicerError
+
+    console = Console(highlight=False)
+    if graph is not None and graph.suffix.lower() not in GRAPH_FORMATS:
+        known = ", ".join(GRAPH_FORMATS)
+        raise SplicerError(f"--graph {graph}: unknown format {graph.suffix or '(no extension)'}; use {known}")
     if Path(target).is_file() or target.endswith((".yaml", ".yml")):
-        _inspect_spec(Path(target), console)
+        _inspect_spec(Path(target), console, layers, graph, as_json)
+    elif layers or graph is not None or as_json:
+        raise SplicerError(f"{target}: --layers, --graph and --json need a spec file, not a model reference")
     else:
         _inspect_model(target, input_size or (3, 32, 32), num_classes, all_cuts, console)
 
 
-def _inspect_spec(path: Path, console: Any) -> None:
+def _inspect_spec(path: Path, console: Any, layers: bool, graph: Path | None, as_json: bool) -> None:
     from splicer.assembly.build import compile_spec
-    from splicer.emission.graph import branch_graph, to_mermaid
+    from splicer.cli.inspect_view import print_layers, print_overview
     from splicer.emission.layers import layer_tables
-    from splicer.emission.report import markdown_table, summary_lines
+    from splicer.emission.report import summary_data
 
     result = compile_spec(path)
-    console.print("\n".join(summary_lines(result)), highlight=False, markup=False)
-    for part in layer_tables(result):  # markdown: wide tables stay readable and copyable
-        console.print(f"\n{part.title}\n{markdown_table(part)}", highlight=False, markup=False, soft_wrap=True)
-    console.print("Branch graph (Mermaid):", highlight=False)
-    console.print(to_mermaid(branch_graph(result)), highlight=False, markup=False)
+    tables = layer_tables(result) if layers else None
+    if graph is not None:
+        _write_graph(result, graph)
+        typer.echo(f"wrote {graph}", err=as_json)  # stdout stays pure JSON
+    data = summary_data(result, tables)
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        print_overview(data, console)
+        if tables is not None:
+            print_layers(tables, console)
+
+
+def _write_graph(result: Any, path: Path) -> None:
+    """The branch graph in the format the file's extension names (one of GRAPH_FORMATS)."""
+    from splicer.emission.artifacts import write_text_atomic
+    from splicer.emission.graph import branch_graph, to_dot, to_mermaid
+    from splicer.emission.picture import write_result_pictures
+
+    suffix = path.suffix.lower()
+    if suffix == ".dot":
+        write_text_atomic(path, to_dot(branch_graph(result), result.spec.name))
+    elif suffix == ".mmd":
+        write_text_atomic(path, to_mermaid(branch_graph(result)))
+    else:
+        write_result_pictures(result, [path])
 
 
 def _inspect_model(reference: str, input_size: tuple[int, int, int], num_classes: int, all_cuts: bool, console: Any) -> None:

@@ -1,4 +1,4 @@
-"""Write a compiled SFTN's artifacts to a folder: source and its trainer, report, graphs, resolved spec."""
+"""Write a compiled SFTN's artifacts to a folder: source and its trainer, report, graphs (text and pictures), resolved spec."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import yaml
 
 from splicer.assembly.build import BuildResult
 from splicer.emission.graph import branch_graph, to_dot, to_mermaid
+from splicer.emission.picture import write_result_pictures
 from splicer.emission.report import markdown_report
 from splicer.emission.source import EmissionError, emit_source
 from splicer.emission.trainer import emit_trainer
@@ -58,4 +59,6 @@ def emit_artifacts(result: BuildResult, out_dir: str | Path) -> dict[str, Path]:
     for kind, (name, text) in texts.items():
         written[kind] = out / name
         write_text_atomic(written[kind], text)
+    written["svg"], written["png"] = out / "branch_graph.svg", out / "branch_graph.png"
+    write_result_pictures(result, [written["svg"], written["png"]])
     return written

@@ -1,16 +1,17 @@
-"""The build report: what was cut where, which transforms were chosen, and the layer tables."""
+"""The build report: what was cut where, which transforms were chosen, and the layer tables.
+
+:func:`summary_data` is the one structured summary (``splicer inspect --json`` prints it, the
+terminal overview is drawn from it); its keys are documented there and only ever added to.
+"""
 
 from __future__ import annotations
 
-from torch import nn
+import dataclasses
+from typing import Any
 
 from splicer.assembly.build import BuildResult
-from splicer.emission.graph import branch_graph, to_mermaid
+from splicer.emission.graph import branch_graph, count_parameters, to_mermaid
 from splicer.emission.layers import COLUMNS, PartTable, layer_tables
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -36,6 +37,85 @@ def summary_lines(result: BuildResult) -> list[str]:
     lines += [f"  note: {note}" for note in result.notes]
     lines.append(f"  compiled in {result.seconds:.2f} s")
     return lines
+
+
+SUMMARY_FORMAT = "splicer.inspect/1"
+
+
+def summary_data(result: BuildResult, tables: list[PartTable] | None = None) -> dict[str, Any]:
+    """The SFTN summary as plain data (JSON-ready). Keys:
+
+    ``format`` (``splicer.inspect/1``), ``name``, ``source``, ``input_size``, ``num_classes``;
+    ``teacher`` and ``student``: ``model``, ``auto`` (blocks chosen by ``blocks: auto``),
+    ``blocks`` (per block: ``index`` from 1, ``end`` (the cut point), ``shape`` [C, H, W],
+    ``parameters``), ``head_parameters``, ``parameters`` (the whole network; for the student,
+    the plain student outside the SFTN); ``branches``: per branch ``index`` i, ``from_block``
+    (teacher block i), ``transform`` (``layer``, ``description``, ``source_shape``,
+    ``target_shape``, ``parameters``), ``student_blocks`` (indices i+1..N), ``parameters`` (the
+    whole branch: transform, student blocks, head); ``parameters``: ``teacher``, ``branches``,
+    ``total`` (of the SFTN); ``equivalence_error`` (max abs difference of the teacher's blocks in
+    sequence against the original model, or null when not checked); ``notes``;
+    ``compile_seconds``; with ``tables`` also ``layers``: per part ``title``, ``columns``, ``rows``.
+    """
+    spec, sftn = result.spec, result.sftn
+    n = len(sftn.teacher.blocks)
+
+    def network(plan: Any, model: str, blocks: list[Any], head: Any, whole: Any) -> dict[str, Any]:
+        return {
+            "model": model,
+            "auto": plan.auto,
+            "blocks": [
+                {"index": k, "end": label, "shape": list(shape), "parameters": count_parameters(block)}
+                for k, (label, shape, block) in enumerate(zip(plan.block_labels, plan.block_shapes, blocks), start=1)
+            ],
+            "head_parameters": count_parameters(head),
+            "parameters": count_parameters(whole),
+        }
+
+    branches = []
+    for i, (plan, branch) in enumerate(zip(result.transforms, sftn.branches), start=1):
+        branches.append(
+            {
+                "index": i,
+                "from_block": i,
+                "transform": {
+                    "layer": plan.layer(),
+                    "description": plan.describe(),
+                    "source_shape": list(plan.source),
+                    "target_shape": list(plan.target),
+                    "parameters": count_parameters(branch.transform),
+                },
+                "student_blocks": list(range(i + 1, n + 1)),
+                "parameters": count_parameters(branch),
+            }
+        )
+    data: dict[str, Any] = {
+        "format": SUMMARY_FORMAT,
+        "name": spec.name,
+        "source": str(result.source),
+        "input_size": list(spec.input_size),
+        "num_classes": spec.num_classes,
+        "teacher": network(
+            result.teacher, spec.teacher.model, list(sftn.teacher.blocks), sftn.teacher.head, sftn.teacher
+        ),
+        "student": network(
+            result.student, spec.student.model, result.student.parts[:-1], result.student.parts[-1], result.student.model
+        ),
+        "branches": branches,
+        "parameters": {
+            "teacher": count_parameters(sftn.teacher),
+            "branches": sum(count_parameters(b) for b in sftn.branches),
+            "total": count_parameters(sftn),
+        },
+        "equivalence_error": result.equivalence_error,
+        "notes": list(result.notes),
+        "compile_seconds": round(result.seconds, 3),
+    }
+    if tables is not None:
+        data["layers"] = [
+            {"title": t.title, "columns": list(COLUMNS), "rows": [list(dataclasses.astuple(row)) for row in t.rows]} for t in tables
+        ]
+    return data
 
 
 def markdown_table(table: PartTable) -> str:
@@ -73,7 +153,8 @@ def markdown_report(result: BuildResult, tables: list[PartTable] | None = None) 
     out.append(f"| teacher | {count_parameters(sftn.teacher):,} |")
     for i, branch in enumerate(sftn.branches, start=1):
         out.append(f"| branch {i} | {count_parameters(branch):,} |")
-    out += ["", "## Branch graph", "", "```mermaid", to_mermaid(branch_graph(result)).rstrip(), "```", ""]
+    out += ["", "## Branch graph", "", "![branch graph](branch_graph.svg)", ""]  # written next to this report
+    out += ["```mermaid", to_mermaid(branch_graph(result)).rstrip(), "```", ""]
     out += ["## Layers", ""]
     for table in tables:
         out += [f"### {table.title}", "", markdown_table(table)]

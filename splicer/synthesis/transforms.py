@@ -35,19 +35,25 @@ class TransformPlan:
     note: str = ""
     activation: bool = True  # ReLU after BN, as the paper; False leaves conv + BN
 
-    def describe(self) -> str:
-        """One line for reports, e.g. ``3x3 conv stride 2: 128x32x32 -> 64x16x16``."""
-        src = "x".join(map(str, self.source))
-        dst = "x".join(map(str, self.target))
+    def layer(self) -> str:
+        """The layer alone, e.g. ``3x3 conv stride 2`` (``, no ReLU`` when the ReLU is dropped)."""
+        return self._conv() + ("" if self.activation else ", no ReLU")
+
+    def _conv(self) -> str:
         k = "x".join(map(str, self.kernel))
         stride = self.stride[0] if self.stride[0] == self.stride[1] else "x".join(map(str, self.stride))
-        layer = {
+        return {
             "equal": f"{k} conv",
             "shrink": f"{k} conv stride {stride}",
             "grow": f"{k} transposed conv stride {stride}",
             "resize": f"{k} conv + adaptive resize",
         }[self.kind]
-        text = f"{layer}: {src} -> {dst}" + ("" if self.activation else ", no ReLU")
+
+    def describe(self) -> str:
+        """One line for reports, e.g. ``3x3 conv stride 2: 128x32x32 -> 64x16x16``."""
+        src = "x".join(map(str, self.source))
+        dst = "x".join(map(str, self.target))
+        text = f"{self._conv()}: {src} -> {dst}" + ("" if self.activation else ", no ReLU")
         return f"{text} ({self.note})" if self.note else text
 
 
