@@ -6,23 +6,45 @@ are trained jointly with KD:
 
     total = ce_weight * CE(z_S, y) + kd_weight * KD + feature_weight * feature_loss
 
-==============  ============================================  ======================  ==============
-our name        what it weighs                                default                 benchmark name
-==============  ============================================  ======================  ==============
-ce_weight       cross-entropy of the student with the labels  0.1                     gamma (-r)
-kd_weight       KD = T^2 * KL(q_T || q_S) at T = kd_tau       0.9 (kd_tau 4)          alpha (-a)
-feature_weight  the method's feature loss (FitNets hint, AT)  FitNets 100, AT 1000    beta (-b)
-==============  ============================================  ======================  ==============
+DKD has its own objective (``ce_weight * CE + warm-up * (alpha * TCKD + beta * NCKD)``, its
+weights in ``distill.options.dkd``). Defaults, and where they come from ("benchmark" is the
+CIFAR-100 code of CRD, Tian et al. 2020, HobbitLong/RepDistiller, which the paper follows:
+scripts/run_cifar_distill.sh and distiller_zoo/; "mdistiller" is the DKD authors' code,
+megvii-research/mdistiller, mdistiller/engine/cfg.py):
 
-The T^2 factor lives inside the KD term (:func:`kd_loss`), as the benchmark's DistillKL
-computes it, so kd_weight multiplies T^2 * KL. The benchmark is the CIFAR-100 code of CRD
-(Tian et al., 2020), which the paper follows; its scripts run feature methods without KD
-(alpha 0), while the paper adds KD to them because that trains better students.
+===========  =======================================  =================  =====================  ===================
+method       what it weighs (our name)                default            authors' name          source
+===========  =======================================  =================  =====================  ===================
+all but dkd  ce_weight: CE with the labels            0.1                gamma (-r)             benchmark KD script
+all but dkd  kd_weight: T^2 KL(q_T || q_S) at kd_tau  0.9, kd_tau 4      alpha (-a), kd_T       benchmark KD script
+kd           (CE and KD only)
+fitnets      feature_weight: hint MSE at hint_block   100, hint_block 2  beta (-b), hint_layer  benchmark script
+at           feature_weight: attention maps, all N    1000               beta (-b)              benchmark script
+sp           feature_weight: batch similarity, last   3000               beta (-b)              benchmark script
+vid          feature_weight: Gaussian NLL, all N      1                  beta (-b)              benchmark script
+             options.vid.init_variance, .eps          5.0, 1e-5          init_pred_var, eps     benchmark VIDLoss
+rkd          feature_weight: RKD on pooled last       1                  beta (-b)              benchmark script
+             options.rkd.distance_weight              25                 w_d                    benchmark RKDLoss
+             options.rkd.angle_weight                 50                 w_a                    benchmark RKDLoss
+pkt          feature_weight: PKT on pooled last       30000              beta (-b)              benchmark script
+dkd          options.dkd.ce_weight: CE                1.0                CE_WEIGHT              mdistiller CFG.DKD
+             options.dkd.alpha: TCKD                  1.0                ALPHA                  mdistiller CFG.DKD
+             options.dkd.beta: NCKD                   8.0                BETA                   mdistiller CFG.DKD
+             options.dkd.temperature                  4.0                T                      mdistiller CFG.DKD
+             options.dkd.warmup_epochs (linear)       20                 WARMUP                 mdistiller CFG.DKD
+===========  =======================================  =================  =====================  ===================
+
+``feature_weight`` in the spec overrides the feature method's default. "all N" means every
+block end of the cut; "last" the last block's output; "pooled last" that output averaged over
+its spatial positions (the benchmark's feat[-1]). The T^2 factor lives inside the KD term
+(:func:`kd_loss`), as the benchmark's DistillKL computes it. The benchmark's scripts run
+feature methods without KD (alpha 0); the paper adds KD to them because that trains better
+students, and so does splicer.
 """
 
 from __future__ import annotations
 
-from splicer.training.methods import at, fitnets, kd  # noqa: F401  (each registers its method)
+from splicer.training.methods import at, dkd, fitnets, kd, pkt, rkd, sp, vid  # noqa: F401  (each registers itself)
 from splicer.training.methods.base import (
     METHODS,
     DistillMethod,

@@ -109,6 +109,12 @@ class DistillMethod(nn.Module):
         super().__init__()
         self.spec = spec
         self.options: Any = options if options is not None else self.Options()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The trainer calls this before each epoch (0-based), so that a method with a schedule
+        (DKD's warm-up) knows where training is; resumed runs call it with the resumed epoch."""
+        self.epoch = epoch
 
     def forward(
         self,
@@ -150,6 +156,11 @@ class FeatureMethod(DistillMethod):
     def feature_loss(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> Tensor:
         """The unweighted feature loss."""
         raise NotImplementedError
+
+
+def pooled(feature: Tensor) -> Tensor:
+    """(B, C): a block output averaged over its spatial positions, as the head's global pooling does."""
+    return feature.flatten(2).mean(dim=2) if feature.dim() > 2 else feature
 
 
 def resize_to(feature: Tensor, size: tuple[int, int]) -> Tensor:
