@@ -110,7 +110,10 @@ def pool2(sample: list) -> list:
     """Average-pool a C x 2H x 2W list to C x H x W (2 x 2 windows)."""
     return [
         [
-            [sum(channel[2 * y + dy][2 * x + dx] for dy in (0, 1) for dx in (0, 1)) / 4 for x in range(len(channel[0]) // 2)]
+            [
+                sum(channel[2 * y + dy][2 * x + dx] for dy in (0, 1) for dx in (0, 1)) / 4
+                for x in range(len(channel[0]) // 2)
+            ]
             for y in range(len(channel) // 2)
         ]
         for channel in sample
@@ -181,7 +184,8 @@ def test_rkd_matches_its_formula_on_the_pooled_last_features():
     assert terms["distance"].item() == pytest.approx(25.0 * distance, rel=1e-5)
     assert terms["angle"].item() == pytest.approx(50.0 * angle, rel=1e-5)
     assert terms["total"].item() == pytest.approx(25.0 * distance + 50.0 * angle, rel=1e-5)
-    weighted = run("rkd", student, teacher, DistillSpec(**NO_LOGITS, feature_weight=2.0, options={"rkd": {"angle_weight": 0.0}}))
+    no_angle = DistillSpec(**NO_LOGITS, feature_weight=2.0, options={"rkd": {"angle_weight": 0.0}})
+    weighted = run("rkd", student, teacher, no_angle)
     assert weighted["total"].item() == pytest.approx(2.0 * 25.0 * distance, rel=1e-5)
 
 

@@ -83,7 +83,12 @@ def distill(
         typer.Option("--teacher", help="Teacher run folder (uses its last.pt) or checkpoint file.", show_default=False),
     ],
     method: Annotated[
-        str, typer.Option("--method", help="Distillation method: kd, fitnets or at.", show_default=False)
+        str,
+        typer.Option(
+            "--method",
+            help="Distillation method, e.g. kd, at, dkd (every method: README, section Training).",
+            show_default=False,
+        ),
     ],
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
@@ -140,7 +145,9 @@ def run(
     methods: Annotated[
         str | None,
         typer.Option(
-            "--methods", help="Comma-separated methods (default: the spec's distill.methods).", show_default=False
+            "--methods",
+            help="Comma-separated methods, or all for every registered one (default: the spec's distill.methods).",
+            show_default=False,
         ),
     ] = None,
     seeds: Annotated[

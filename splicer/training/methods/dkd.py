@@ -41,10 +41,14 @@ def non_target_kl(student_logits: Tensor, teacher_logits: Tensor, target_mask: T
     rows, classes = student_logits.shape
     student = student_logits[~target_mask].view(rows, classes - 1) / tau
     teacher = teacher_logits[~target_mask].view(rows, classes - 1) / tau
-    return F.kl_div(F.log_softmax(student, dim=1), F.log_softmax(teacher, dim=1), log_target=True, reduction="batchmean")
+    return F.kl_div(
+        F.log_softmax(student, dim=1), F.log_softmax(teacher, dim=1), log_target=True, reduction="batchmean"
+    )
 
 
-def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, alpha: float, beta: float, tau: float) -> Tensor:
+def dkd_loss(
+    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, alpha: float, beta: float, tau: float
+) -> Tensor:
     """alpha * T^2 * TCKD + beta * T^2 * NCKD, as mdistiller's dkd_loss."""
     target_mask = F.one_hot(targets, student_logits.shape[1]).bool()
     tckd = binary_kl(
