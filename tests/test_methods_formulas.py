@@ -271,3 +271,19 @@ def test_dkd_options_and_that_kd_decomposes_into_tckd_and_nckd():
         nckd = dkd_loss(z_s, z_t, y, alpha=0.0, beta=1.0, tau=4.0)
         p_target = torch.softmax(z_t / 4.0, dim=1)[0, y].item()
         assert kd_loss(z_s, z_t, 4.0).item() == pytest.approx((tckd + (1 - p_target) * nckd).item(), rel=1e-5)
+
+
+def test_dkd_stays_finite_when_the_student_is_certain():
+    """p_S(non-targets) underflows to 0 in float32 here; the loss and its gradient must stay finite."""
+    student = torch.tensor([[800.0, 0.0, -3.0]], requires_grad=True)
+    teacher = torch.tensor([[0.0, 1.0, 2.0]])
+    loss = dkd_loss(student, teacher, torch.tensor([0]), alpha=1.0, beta=8.0, tau=4.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(student.grad).all()
+    # The target-class part is then -log of the student's non-target probability, linear in the margin.
+    p_target = torch.softmax(teacher / 4.0, dim=1)[0, 0].item()
+    log_others = math.log(math.exp(0.0) + math.exp(-3.0 / 4.0)) - 800.0 / 4.0
+    tckd = p_target * math.log(p_target) + (1 - p_target) * (math.log(1 - p_target) - log_others)
+    # (the student's target log-probability is ~0 here: log(1 - e^{-200}) rounds to 0)
+    nckd = dkd_loss(student, teacher, torch.tensor([0]), alpha=0.0, beta=1.0, tau=4.0).item()
+    assert loss.item() == pytest.approx(16.0 * tckd + 8.0 * nckd, rel=1e-5)

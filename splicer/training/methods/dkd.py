@@ -29,11 +29,27 @@ class DKDOptions(MethodOptions):
     )
 
 
-def binary_kl(student_probs: Tensor, teacher_probs: Tensor, target_mask: Tensor) -> Tensor:
+def binary_log_probs(logits: Tensor, target_mask: Tensor, tau: float) -> Tensor:
+    """(B, 2) log-probabilities of (the target class, all non-target classes together) at temperature tau.
+
+    In log space (logsumexp over each part), so that a confident prediction gives a finite
+    log-probability of the non-target part instead of log(0).
+    """
+    scaled = logits / tau
+    total = scaled.logsumexp(dim=1)
+    target = scaled.masked_fill(~target_mask, float("-inf")).logsumexp(dim=1)
+    others = scaled.masked_fill(target_mask, float("-inf")).logsumexp(dim=1)
+    return torch.stack([target - total, others - total], dim=1)
+
+
+def binary_kl(student_logits: Tensor, teacher_logits: Tensor, target_mask: Tensor, tau: float) -> Tensor:
     """KL between the teacher's and the student's (target, all non-targets) binary distributions, batch mean."""
-    student = torch.stack([(student_probs * target_mask).sum(1), (student_probs * ~target_mask).sum(1)], dim=1)
-    teacher = torch.stack([(teacher_probs * target_mask).sum(1), (teacher_probs * ~target_mask).sum(1)], dim=1)
-    return F.kl_div(student.log(), teacher, reduction="batchmean")
+    return F.kl_div(
+        binary_log_probs(student_logits, target_mask, tau),
+        binary_log_probs(teacher_logits, target_mask, tau),
+        log_target=True,
+        reduction="batchmean",
+    )
 
 
 def non_target_kl(student_logits: Tensor, teacher_logits: Tensor, target_mask: Tensor, tau: float) -> Tensor:
@@ -51,9 +67,7 @@ def dkd_loss(
 ) -> Tensor:
     """alpha * T^2 * TCKD + beta * T^2 * NCKD, as mdistiller's dkd_loss."""
     target_mask = F.one_hot(targets, student_logits.shape[1]).bool()
-    tckd = binary_kl(
-        F.softmax(student_logits / tau, dim=1), F.softmax(teacher_logits / tau, dim=1), target_mask
-    )
+    tckd = binary_kl(student_logits, teacher_logits, target_mask, tau)
     nckd = non_target_kl(student_logits, teacher_logits, target_mask, tau)
     return tau**2 * (alpha * tckd + beta * nckd)
 
