@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_spec(args: argparse.Namespace):
-    """The spec with the validation split, the seed and ``--set``; real CIFAR-10 where the spec reads an image folder."""
+    """The spec with the validation split, the seed and ``--set``; real CIFAR-10 for an image-folder spec."""
     from splicer.spec import load_spec as load
     from splicer.training.overrides import apply_overrides
 

@@ -61,7 +61,7 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         result = runner.invoke(
             app, ["run", str(spec), "--methods", "all", "--seeds", "0", "--out", str(folder / "out"), "-q"]
         )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the report is written, the failure still shows in the status
     return folder / "out", result.output
 
 
@@ -110,6 +110,7 @@ def test_a_failing_method_is_reported_in_its_row_and_the_others_go_on(experiment
     row = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("| BROKEN |"))
     assert "| failed | failed |" in row and "RuntimeError: boom in the broken method" in row
     assert "broken from the standard teacher failed" in output
+    assert "2 distillation run(s) failed" in output
     assert (out / "curves.png").is_file()
 
 
@@ -146,6 +147,10 @@ def test_report_with_seeds_and_a_failure_in_one_seed_only():
     assert "| AT | 64.00 ± 0.00 | failed |  | 10.0 s | seed 1, sftn teacher: diverged |" in markdown
 
 
-def test_unknown_methods_name_all_as_valid():
+def test_unknown_methods_and_options_fail_before_any_training(tmp_path: Path):
     with pytest.raises(SplicerError, match="unknown distillation method.*valid: all, "):
-        run_experiment(spec_from_dict(tiny_spec()), ["nope"], [0])
+        run_experiment(spec_from_dict(tiny_spec()), ["nope"], [0], out=tmp_path / "a")
+    typo = spec_from_dict({**tiny_spec(), "distill": {"options": {"dkd": {"betta": 6}}}})
+    with pytest.raises(SplicerError, match=r"distill\.options\.dkd\.betta.*valid fields of dkd: .*beta"):
+        run_experiment(typo, ["kd", "dkd"], [0], out=tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -62,7 +62,8 @@ def test_every_method_from_both_teachers_on_a_validation_split(tmp_path: Path, m
         assert all(row["step_relative_to_kd"][kind] > 0 for kind in ("standard", "sftn"))
     assert stored["methods"]["kd"]["step_relative_to_kd"] == {"standard": 1.0, "sftn": 1.0}
     markdown = (tmp_path / "results" / "methods_toy.md").read_text()
-    for row in ("| Teacher |", "| Student alone |", "| KD |", "| SP |", "| DKD |", "| Best |", "| Mean Δ over 3 methods |"):
+    rows = ("| Teacher |", "| Student alone |", "| KD |", "| SP |", "| DKD |", "| Best |", "| Mean Δ over 3 methods |")
+    for row in rows:
         assert row in markdown, row
     assert "1.00x" in markdown and "validation split (val)" in markdown
 

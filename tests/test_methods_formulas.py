@@ -287,3 +287,17 @@ def test_dkd_stays_finite_when_the_student_is_certain():
     # (the student's target log-probability is ~0 here: log(1 - e^{-200}) rounds to 0)
     nckd = dkd_loss(student, teacher, torch.tensor([0]), alpha=0.0, beta=1.0, tau=4.0).item()
     assert loss.item() == pytest.approx(16.0 * tckd + 8.0 * nckd, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sp", "rkd", "pkt"])
+def test_batch_relations_are_computed_in_float32_under_bf16_autocast(name: str):
+    """On CUDA training runs under bf16 autocast; the relation methods must not inherit its precision."""
+    student = [fixed(6, 3, 4, 4, seed=50).bfloat16()]
+    teacher = [fixed(6, 5, 4, 4, seed=51).bfloat16()]
+    reference = run(name, [f.float() for f in student], [f.float() for f in teacher])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = run(name, student, teacher)
+    for term in reference:
+        if term not in ("ce", "kd", "total"):
+            assert autocast[term].dtype == torch.float32
+            assert autocast[term].item() == pytest.approx(reference[term].item(), rel=1e-5), term

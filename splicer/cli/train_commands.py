@@ -189,6 +189,12 @@ def run(
     report = run_experiment(resolved, method_list, seed_list, out=out, resume=resume, quiet=quiet)
     typer.echo(render_markdown(report))
     typer.echo(f"wrote {report['folder']}/report.md, report.json and curves.png")
+    failed = sum(len(runs) for runs in report["failures"].values())
+    if failed:
+        typer.echo(
+            f"{failed} distillation run(s) failed: their rows in report.md say why; --resume retries them", err=True
+        )
+        raise typer.Exit(1)
 
 
 def _split(text: str) -> list[str]:

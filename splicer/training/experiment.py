@@ -30,6 +30,7 @@ from splicer.training.engine import Runtime
 from splicer.training.evaluate import similarity
 from splicer.training.logging import read_metrics
 from splicer.training.methods import METHODS
+from splicer.training.methods.base import method_options
 from splicer.training.runs import RUNS_ROOT, RunDir, fresh_folder
 from splicer.training.stage1 import train_teacher
 from splicer.training.stage2 import distill, train_student
@@ -65,6 +66,8 @@ def run_experiment(
         )
     if not methods or not seeds:
         raise SplicerError("splicer run needs at least one method and one seed")
+    for method in methods:  # a typo in distill.options fails now, not after the teachers have trained
+        method_options(method, spec.distill)
     root = _experiment_folder(spec.name, out, resume)
     # The eval split does not depend on the seed: one stream scores every pair.
     runtime = Runtime.for_spec(spec, Distributed.from_env())

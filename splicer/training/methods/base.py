@@ -13,6 +13,7 @@ needs gradients through the teacher.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 import torch
@@ -156,6 +157,13 @@ class FeatureMethod(DistillMethod):
     def feature_loss(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> Tensor:
         """The unweighted feature loss."""
         raise NotImplementedError
+
+
+def in_float32(features: list[Tensor]) -> tuple[AbstractContextManager[Any], list[Tensor]]:
+    """Autocast off and the features in float32, for losses built on batch relations (Gram
+    matrices, similarity distributions), which bf16's 8-bit mantissa would blur."""
+    device = features[0].device.type if features else "cpu"
+    return torch.autocast(device, enabled=False), [f.float() for f in features]
 
 
 def pooled(feature: Tensor) -> Tensor:

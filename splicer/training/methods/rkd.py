@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from splicer.training.methods.base import FeatureMethod, MethodOptions, pooled, register_method
+from splicer.training.methods.base import FeatureMethod, MethodOptions, in_float32, pooled, register_method
 
 
 class RKDOptions(MethodOptions):
@@ -61,7 +61,9 @@ class RKD(FeatureMethod):
     @staticmethod
     def relation_losses(student_features: list[Tensor], teacher_features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The unweighted distance and angle losses."""
-        student, teacher = pooled(student_features[-1]), pooled(teacher_features[-1])
-        distance = F.smooth_l1_loss(normalised_distances(student), normalised_distances(teacher))
-        angle = F.smooth_l1_loss(angles(student), angles(teacher))
-        return distance, angle
+        full_precision, (student, teacher) = in_float32([student_features[-1], teacher_features[-1]])
+        with full_precision:
+            student, teacher = pooled(student), pooled(teacher)
+            distance = F.smooth_l1_loss(normalised_distances(student), normalised_distances(teacher))
+            angle = F.smooth_l1_loss(angles(student), angles(teacher))
+            return distance, angle

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor
 
-from splicer.training.methods.base import FeatureMethod, register_method
+from splicer.training.methods.base import FeatureMethod, in_float32, register_method
 
 
 def similarity_matrix(feature: Tensor) -> Tensor:
@@ -28,6 +28,7 @@ class SP(FeatureMethod):
     default_feature_weight: ClassVar[float] = 3000.0
 
     def feature_loss(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> Tensor:
-        batch = student_features[-1].shape[0]
-        diff = similarity_matrix(teacher_features[-1]) - similarity_matrix(student_features[-1])
-        return diff.pow(2).sum() / batch**2
+        full_precision, (student, teacher) = in_float32([student_features[-1], teacher_features[-1]])
+        with full_precision:
+            diff = similarity_matrix(teacher) - similarity_matrix(student)
+            return diff.pow(2).sum() / len(student) ** 2
