@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -75,9 +76,8 @@ def load_spec(args: argparse.Namespace):
 
 
 def relative(path: str | Path) -> str:
-    """A path as stored in results: relative to the repository where it lies inside it."""
-    resolved = Path(path).resolve()
-    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
+    """A path as stored in results: relative to the repository (also outside it), never this machine's absolute path."""
+    return Path(os.path.relpath(Path(path).resolve(), REPO)).as_posix()
 
 
 def method_rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -56,6 +56,8 @@ def test_every_method_from_both_teachers_on_a_validation_split(tmp_path: Path, m
     assert stored["report"]["eval_split"] == "val" and stored["val_split"] == 16
     assert stored["command"].startswith("python benchmarks/methods_benchmark.py --spec ")
     assert list(stored["methods"]) == ["kd", "sp", "dkd"]
+    folders = [stored["report"]["folder"], *stored["report"]["runs"]["0"].values()]
+    assert len(folders) == 10 and not any(folder.startswith("/") for folder in folders)  # stored relative
     for method, row in stored["methods"].items():
         assert all(0 <= row["top1"][kind] <= 100 for kind in ("standard", "sftn")), method
         assert row["delta"] == pytest.approx(row["top1"]["sftn"] - row["top1"]["standard"])
