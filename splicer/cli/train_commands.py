@@ -83,7 +83,12 @@ def distill(
         typer.Option("--teacher", help="Teacher run folder (uses its last.pt) or checkpoint file.", show_default=False),
     ],
     method: Annotated[
-        str, typer.Option("--method", help="Distillation method: kd, fitnets or at.", show_default=False)
+        str,
+        typer.Option(
+            "--method",
+            help="Distillation method, e.g. kd, at, dkd (every method: README, section Training).",
+            show_default=False,
+        ),
     ],
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
@@ -140,7 +145,9 @@ def run(
     methods: Annotated[
         str | None,
         typer.Option(
-            "--methods", help="Comma-separated methods (default: the spec's distill.methods).", show_default=False
+            "--methods",
+            help="Comma-separated methods, or all for every registered one (default: the spec's distill.methods).",
+            show_default=False,
         ),
     ] = None,
     seeds: Annotated[
@@ -182,6 +189,12 @@ def run(
     report = run_experiment(resolved, method_list, seed_list, out=out, resume=resume, quiet=quiet)
     typer.echo(render_markdown(report))
     typer.echo(f"wrote {report['folder']}/report.md, report.json and curves.png")
+    failed = sum(len(runs) for runs in report["failures"].values())
+    if failed:
+        typer.echo(
+            f"{failed} distillation run(s) failed: their rows in report.md say why; --resume retries them", err=True
+        )
+        raise typer.Exit(1)
 
 
 def _split(text: str) -> list[str]:

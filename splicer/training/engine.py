@@ -112,6 +112,7 @@ class Stage:
     extra: dict[str, nn.Module] = field(default_factory=dict)  # trained with the model (FitNets' regressor)
     frozen: list[nn.Module] = field(default_factory=list)  # never trained, always in eval mode (the teacher)
     meta: dict[str, Any] = field(default_factory=dict)  # stored in every checkpoint
+    epoch_hooks: list[Callable[[int], None]] = field(default_factory=list)  # told each epoch (0-based) before it runs
 
     def trained(self) -> list[nn.Module]:
         return [self.model, *self.extra.values()]
@@ -171,6 +172,8 @@ def fit(
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         data.train.set_epoch(epoch)
+        for hook in stage.epoch_hooks:
+            hook(epoch)
         with logger.epoch_progress(epoch + 1, recipe.epochs, len(data.train)) as progress:
             stats = _train_epoch(stage, data, optimizer, runtime, progress, epoch, run)
         top1 = top5 = None

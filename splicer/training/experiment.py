@@ -8,12 +8,16 @@ teacher side by side with their difference, as mean ± std over the seeds.
 
 Every run gets its own folder under the experiment folder; with ``resume``, finished runs
 are reused and interrupted ones resumed, so an experiment can be stopped and continued.
+A distillation run that fails is reported in its method's row (its traceback in the run
+folder's ``error.txt``) and the other methods go on; ``all`` stands for every registered method.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +30,44 @@ from splicer.training.engine import Runtime
 from splicer.training.evaluate import similarity
 from splicer.training.logging import read_metrics
 from splicer.training.methods import METHODS
+from splicer.training.methods.base import method_options
 from splicer.training.runs import RUNS_ROOT, RunDir, fresh_folder
 from splicer.training.stage1 import train_teacher
 from splicer.training.stage2 import distill, train_student
 
 TEACHERS = ("standard", "sftn")
-METHOD_TITLES = {"kd": "KD", "fitnets": "FitNets", "at": "AT"}
+PAPER_ORDER = ("kd", "fitnets", "at", "sp", "vid", "rkd", "pkt", "ab", "ft", "crd", "sskd", "oh", "dkd")
+"""The rows of the paper's tables 1 and 2, then DKD; other registered methods follow by name."""
+METHOD_TITLES = {"fitnets": "FitNets"}
+ERROR_FILE = "error.txt"
+
+
+def method_title(method: str) -> str:
+    """The method's name as the paper's tables print it (KD, FitNets, AT, SP, ...)."""
+    return METHOD_TITLES.get(method, method.upper())
+
+
+def expand_methods(methods: list[str]) -> list[str]:
+    """``methods`` with ``all`` replaced by every registered method (table order), without repeats."""
+    registered = [m for m in PAPER_ORDER if m in METHODS] + sorted(set(METHODS) - set(PAPER_ORDER))
+    expanded = [name for method in methods for name in (registered if method == "all" else [method])]
+    return list(dict.fromkeys(expanded))
 
 
 def run_experiment(
     spec: Spec, methods: list[str], seeds: list[int], out: Path | None = None, resume: bool = False, quiet: bool = False
 ) -> dict[str, Any]:
     """Train everything the comparison needs and write report.md, report.json and curves.png; returns the report."""
+    methods = expand_methods(methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise SplicerError(f"unknown distillation method(s) {', '.join(unknown)}; valid: {', '.join(sorted(METHODS))}")
+        raise SplicerError(
+            f"unknown distillation method(s) {', '.join(unknown)}; valid: all, {', '.join(sorted(METHODS))}"
+        )
     if not methods or not seeds:
         raise SplicerError("splicer run needs at least one method and one seed")
+    for method in methods:  # a typo in distill.options fails now, not after the teachers have trained
+        method_options(method, spec.distill)
     root = _experiment_folder(spec.name, out, resume)
     # The eval split does not depend on the seed: one stream scores every pair.
     runtime = Runtime.for_spec(spec, Distributed.from_env())
@@ -84,7 +109,10 @@ def _experiment_folder(name: str, out: Path | None, resume: bool) -> Path:
 def _seed_runs(
     spec: Spec, folder: Path, methods: list[str], resume: bool, quiet: bool, runtime: Runtime, data: DataBundle
 ) -> dict[str, Any]:
-    """The summaries of every run of one seed, teachers first; each distilled student with its similarity."""
+    """The summaries of every run of one seed, teachers first; each distilled student with its similarity.
+
+    A distillation that fails gives ``{"run": folder, "error": message}`` instead of a summary.
+    """
     runs: dict[str, Any] = {}
     for kind in TEACHERS:
         path = folder / kind
@@ -96,12 +124,30 @@ def _seed_runs(
     for method in methods:
         for kind in TEACHERS:
             teacher, path = folder / kind, folder / f"{method}-from-{kind}"
-            summary = _finished(path, spec, resume) or distill(
-                spec, teacher, method, path, _resumable(path, resume), quiet
-            )
-            summary["similarity"] = _similarity(runtime, data, teacher / "last.pt", path / "last.pt")
+            try:
+                summary = _finished(path, spec, resume) or distill(
+                    spec, teacher, method, path, _resumable(path, resume), quiet
+                )
+                summary["similarity"] = _similarity(runtime, data, teacher / "last.pt", path / "last.pt")
+                (path / ERROR_FILE).unlink(missing_ok=True)  # an earlier attempt's, now resolved
+            except Exception as exc:  # noqa: BLE001  one method's failure must not stop the others
+                summary = _record_failure(path, method, kind, exc)
             runs[f"{method}-from-{kind}"] = summary
     return runs
+
+
+def _record_failure(path: Path, method: str, kind: str, exc: Exception) -> dict[str, Any]:
+    """Keep the traceback in the run folder and say so; the report shows the one-line message."""
+    message = str(exc) if isinstance(exc, SplicerError) else f"{type(exc).__name__}: {exc}"
+    path.mkdir(parents=True, exist_ok=True)
+    (path / ERROR_FILE).write_text(traceback.format_exc())
+    print(
+        f"splicer run: {method} from the {kind} teacher failed: {message} (traceback in {path / ERROR_FILE}); "
+        "going on with the other methods",
+        file=sys.stderr,
+        flush=True,
+    )
+    return {"run": str(path), "error": message}
 
 
 def _finished(folder: Path, spec: Spec, resume: bool) -> dict[str, Any] | None:
@@ -136,27 +182,50 @@ def _stats(values: list[float]) -> dict[str, Any]:
 def build_report(
     spec: Spec, methods: list[str], seeds: list[int], results: dict[int, dict[str, Any]]
 ) -> dict[str, Any]:
-    """Tables 1-2 (final eval top-1, mean ± std over seeds) and table 8 (KL, CKA) as plain data."""
+    """Tables 1-2 (final eval top-1, mean ± std over seeds) and table 8 (KL, CKA) as plain data.
+
+    A method whose run failed for some seed and teacher has no score for that teacher (None),
+    its messages under ``errors``; the Best row and the mean difference use the methods that
+    finished with both teachers. Time per method: mean wall seconds and step seconds of its runs.
+    """
 
     def top1(key: str) -> dict[str, Any]:
         return _stats([results[seed][key]["final"]["top1"] for seed in seeds])
 
-    rows = {}
+    def finished(key: str) -> bool:
+        return all("error" not in results[seed][key] for seed in seeds)
+
+    rows, similarity_rows = {}, {}
     for method in methods:
-        row = {kind: top1(f"{method}-from-{kind}") for kind in TEACHERS}
-        row["delta"] = row["sftn"]["mean"] - row["standard"]["mean"]
-        rows[method] = row
-    best = {kind: max(rows[m][kind]["mean"] for m in methods) for kind in TEACHERS}
-    similarity_rows = {
-        method: {
-            kind: {
-                metric: _stats([results[seed][f"{method}-from-{kind}"]["similarity"][metric] for seed in seeds])
-                for metric in ("kl", "cka")
-            }
-            for kind in TEACHERS
+        keys = {kind: f"{method}-from-{kind}" for kind in TEACHERS}
+        row: dict[str, Any] = {kind: top1(key) if finished(key) else None for kind, key in keys.items()}
+        both = row["standard"] is not None and row["sftn"] is not None
+        row["delta"] = row["sftn"]["mean"] - row["standard"]["mean"] if both else None
+        done = [results[seed][key] for key in keys.values() for seed in seeds if "error" not in results[seed][key]]
+        row["wall_seconds"] = statistics.fmean(s["wall_seconds"] for s in done) if done else None
+        row["step_seconds"] = {
+            kind: statistics.fmean(results[seed][key]["step_seconds_median"] for seed in seeds)
+            if finished(key)
+            else None
+            for kind, key in keys.items()
         }
-        for method in methods
-    }
+        row["errors"] = [
+            f"seed {seed}, {kind} teacher: {results[seed][key]['error']}"
+            for seed in seeds
+            for kind, key in keys.items()
+            if "error" in results[seed][key]
+        ]
+        rows[method] = row
+        similarity_rows[method] = {
+            kind: {
+                metric: _stats([results[seed][key]["similarity"][metric] for seed in seeds]) for metric in ("kl", "cka")
+            }
+            if finished(key)
+            else None
+            for kind, key in keys.items()
+        }
+    complete = [m for m in methods if rows[m]["delta"] is not None]
+    best = {kind: max(rows[m][kind]["mean"] for m in complete) if complete else None for kind in TEACHERS}
     first = results[seeds[0]]["sftn"]
     teacher = {kind: top1(kind) for kind in TEACHERS}
     return {
@@ -170,9 +239,21 @@ def build_report(
         "teacher": {**teacher, "delta": teacher["sftn"]["mean"] - teacher["standard"]["mean"]},
         "student_alone": top1("student"),
         "methods": rows,
-        "best": {**best, "delta": best["sftn"] - best["standard"]},
+        "best": {**best, "delta": best["sftn"] - best["standard"] if complete else None},
+        "mean_delta": {
+            "mean": statistics.fmean(rows[m]["delta"] for m in complete) if complete else None,
+            "methods": complete,
+        },
         "similarity": similarity_rows,
-        "runs": {str(seed): {key: summary["run"] for key, summary in runs.items()} for seed, runs in results.items()},
+        "runs": {
+            str(seed): {key: summary["run"] for key, summary in runs.items() if "error" not in summary}
+            for seed, runs in results.items()
+        },
+        "failures": {
+            str(seed): {key: summary for key, summary in runs.items() if "error" in summary}
+            for seed, runs in results.items()
+            if any("error" in summary for summary in runs.values())
+        },
     }
 
 
@@ -185,36 +266,53 @@ def write_report(report: dict[str, Any], root: Path) -> None:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    def cell(stats: dict[str, Any]) -> str:
+    def cell(stats: dict[str, Any] | None) -> str:
+        if stats is None:
+            return "failed"
         return f"{stats['mean']:.2f} ± {stats['std']:.2f}" if len(stats["values"]) > 1 else f"{stats['mean']:.2f}"
 
-    def delta(value: float) -> str:
-        return f"{value:+.2f}"
+    def delta(value: float | None) -> str:
+        return "" if value is None else f"{value:+.2f}"
+
+    def seconds(value: float | None) -> str:
+        if value is None:
+            return ""
+        return f"{value:.1f} s" if value < 600 else f"{value / 60:.1f} min"
 
     seeds = report["seeds"]
+    rows = report["methods"]
     over = f"mean ± std over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
+    failures = any(row["errors"] for row in rows.values())
+    note_head, note_rule = (" Failure |", "--|") if failures else ("", "")
+    pad = " |" if failures else ""
     lines = [
         f"# {report['spec']}: SFTN vs standard teacher",
         "",
         f"Teacher {report['teacher_model']}, student {report['student_model']}. "
         f"Final {report['eval_split']} top-1 accuracy (%) after {report['epochs']} epochs, "
-        f"{over}.",
+        f"{over}. Time: mean wall time of one distillation run of the method.",
         "",
-        f"| Models (Teacher/Student) | {report['teacher_model']} / {report['student_model']} | | |",
-        "|:--|--:|--:|--:|",
-        "| Teacher training method | Standard | SFTN | Δ |",
+        f"| Models (Teacher/Student) | {report['teacher_model']} / {report['student_model']} | | | |{pad}",
+        f"|:--|--:|--:|--:|--:|{note_rule}",
+        f"| Teacher training method | Standard | SFTN | Δ | Time |{note_head}",
         f"| Teacher accuracy | {cell(report['teacher']['standard'])} | {cell(report['teacher']['sftn'])} "
-        f"| {delta(report['teacher']['delta'])} |",
-        f"| Student accuracy w/o KD | {cell(report['student_alone'])} | | |",
+        f"| {delta(report['teacher']['delta'])} | |{pad}",
+        f"| Student accuracy w/o KD | {cell(report['student_alone'])} | | | |{pad}",
     ]
-    for method, row in report["methods"].items():
+    for method, row in rows.items():
+        note = (f" {_one_line('; '.join(row['errors']))} |" if row["errors"] else " |") if failures else ""
         lines.append(
-            f"| {METHOD_TITLES.get(method, method)} | {cell(row['standard'])} | {cell(row['sftn'])} "
-            f"| {delta(row['delta'])} |"
+            f"| {method_title(method)} | {cell(row['standard'])} | {cell(row['sftn'])} "
+            f"| {delta(row['delta'])} | {seconds(row['wall_seconds'])} |{note}"
         )
-    best = report["best"]
+    best, mean = report["best"], report["mean_delta"]
+    if best["delta"] is not None:
+        lines += [
+            f"| Best | {best['standard']:.2f} | {best['sftn']:.2f} | {delta(best['delta'])} | |{pad}",
+            f"| Mean Δ over {len(mean['methods'])} method{'' if len(mean['methods']) == 1 else 's'} "
+            f"| | | {delta(mean['mean'])} | |{pad}",
+        ]
     lines += [
-        f"| Best | {best['standard']:.2f} | {best['sftn']:.2f} | {delta(best['delta'])} |",
         "",
         f"## Similarity between teacher and student (table 8), {report['eval_split']} split",
         "",
@@ -224,14 +322,24 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|:--|--:|--:|--:|--:|",
     ]
     for method, row in report["similarity"].items():
-        lines.append(
-            f"| {METHOD_TITLES.get(method, method)} | {cell(row['standard']['kl'])} | {cell(row['sftn']['kl'])} "
-            f"| {cell(row['standard']['cka'])} | {cell(row['sftn']['cka'])} |"
-        )
+        kl = [cell(row[kind]["kl"] if row[kind] else None) for kind in TEACHERS]
+        cka = [cell(row[kind]["cka"] if row[kind] else None) for kind in TEACHERS]
+        lines.append(f"| {method_title(method)} | {' | '.join(kl)} | {' | '.join(cka)} |")
     lines += ["", "## Runs", ""]
     for seed, runs in report["runs"].items():
         lines.append(f"- seed {seed}: " + ", ".join(f"{key} `{path}`" for key, path in runs.items()))
+    for seed, failed in report.get("failures", {}).items():
+        lines.append(
+            f"- seed {seed}, failed: "
+            + ", ".join(f"{key} `{entry['run']}/{ERROR_FILE}`" for key, entry in failed.items())
+        )
     return "\n".join(lines) + "\n"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """Text for one markdown table cell: no line breaks or bare '|', at most ``limit`` characters."""
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _plot(runs: dict[str, Any], methods: list[str], path: Path, title: str) -> None:
@@ -240,9 +348,11 @@ def _plot(runs: dict[str, Any], methods: list[str], path: Path, title: str) -> N
     from splicer.training.plots import plot_comparison
 
     curves = {
-        METHOD_TITLES.get(m, m): {
+        method_title(m): {
             kind: read_metrics(RunDir(Path(runs[f"{m}-from-{kind}"]["run"])).metrics) for kind in TEACHERS
         }
         for m in methods
+        if all("error" not in runs[f"{m}-from-{kind}"] for kind in TEACHERS)
     }
+    curves = {m: c for m, c in curves.items() if all(r and "kd" in r[0]["terms"] for r in c.values())}
     plot_comparison(curves, path, title)

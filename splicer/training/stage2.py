@@ -88,6 +88,7 @@ def distill(
         extra={"method": loss_method},
         frozen=[teacher_net],
         meta={"method": method, "teacher": str(teacher_path), "teacher_kind": kind},
+        epoch_hooks=[loss_method.set_epoch],
     )
     data = build_data(
         spec.data, spec.input_size, spec.num_classes, spec.train.batch_size, runtime.device, spec.train.seed

@@ -6,43 +6,63 @@ are trained jointly with KD:
 
     total = ce_weight * CE(z_S, y) + kd_weight * KD + feature_weight * feature_loss
 
-==============  ============================================  ======================  ==============
-our name        what it weighs                                default                 benchmark name
-==============  ============================================  ======================  ==============
-ce_weight       cross-entropy of the student with the labels  0.1                     gamma (-r)
-kd_weight       KD = T^2 * KL(q_T || q_S) at T = kd_tau       0.9 (kd_tau 4)          alpha (-a)
-feature_weight  the method's feature loss (FitNets hint, AT)  FitNets 100, AT 1000    beta (-b)
-feature_weight  CRD: its NCE loss, both directions            CRD 0.8                 beta (-b)
-crd.embed_dim   CRD: size of the shared embedding space       128                     feat_dim
-crd.negatives   CRD: negatives per image (other classes)      16384                   nce_k
-crd.temperature CRD: temperature of the contrast scores       0.07                    nce_t
-crd.momentum    CRD: momentum of the two memory banks         0.5                     nce_m
-crd.sampling    CRD: negatives with or without replacement    auto (w/o up to 100k)   choice(replace=)
-feature_weight  OH: sum_i 2^-(N-i) partial-L2_i / batch       OH 1/1000               (/ 1000 in the
-                (pre-ReLU features, margin from teacher BN)                           authors' script)
-==============  ============================================  ======================  ==============
+DKD has its own objective (``ce_weight * CE + warm-up * (alpha * TCKD + beta * NCKD)``, its
+weights in ``distill.options.dkd``). Defaults, and where they come from ("benchmark" is the
+CIFAR-100 code of CRD, Tian et al. 2020, HobbitLong/RepDistiller, which the paper follows:
+scripts/run_cifar_distill.sh and distiller_zoo/; "mdistiller" is the DKD authors' code,
+megvii-research/mdistiller, mdistiller/engine/cfg.py):
 
-Sources: CRD's values are the defaults of the authors' RepDistiller (train_student.py, crd/,
-dataset/cifar100.py and, for beta, scripts/run_cifar_distill.sh); ``crd.*`` rows are set
-under ``distill.options.crd``.
+===========  =======================================  =================  =====================  ===================
+method       what it weighs (our name)                default            authors' name          source
+===========  =======================================  =================  =====================  ===================
+all but dkd  ce_weight: CE with the labels            0.1                gamma (-r)             benchmark KD script
+all but dkd  kd_weight: T^2 KL(q_T || q_S) at kd_tau  0.9, kd_tau 4      alpha (-a), kd_T       benchmark KD script
+kd           (CE and KD only)
+fitnets      feature_weight: hint MSE at hint_block   100, hint_block 2  beta (-b), hint_layer  benchmark script
+at           feature_weight: attention maps, all N    1000               beta (-b)              benchmark script
+sp           feature_weight: batch similarity, last   3000               beta (-b)              benchmark script
+vid          feature_weight: Gaussian NLL, all N      1                  beta (-b)              benchmark script
+             options.vid.init_variance, .eps          5.0, 1e-5          init_pred_var, eps     benchmark VIDLoss
+rkd          feature_weight: RKD on pooled last       1                  beta (-b)              benchmark script
+             options.rkd.distance_weight              25                 w_d                    benchmark RKDLoss
+             options.rkd.angle_weight                 50                 w_a                    benchmark RKDLoss
+pkt          feature_weight: PKT on pooled last       30000              beta (-b)              benchmark script
+crd          feature_weight: NCE loss, both ways      0.8                beta (-b)              benchmark script
+             options.crd.embed_dim                    128                feat_dim               benchmark CRD
+             options.crd.negatives (other classes)    16384              nce_k                  benchmark CRD
+             options.crd.temperature                  0.07               nce_t                  benchmark CRD
+             options.crd.momentum (memory banks)      0.5                nce_m                  benchmark CRD
+             options.crd.sampling                     w/o repl. <= 100k  replace=               benchmark CRD data
+oh           feature_weight: partial L2 pre-ReLU,     1/1000             (/ 1000 in script)     OH authors' CIFAR
+             all N, 2^-(N-i) per block, / batch
+dkd          options.dkd.ce_weight: CE                1.0                CE_WEIGHT              mdistiller CFG.DKD
+             options.dkd.alpha: TCKD                  1.0                ALPHA                  mdistiller CFG.DKD
+             options.dkd.beta: NCKD                   8.0                BETA                   mdistiller CFG.DKD
+             options.dkd.temperature                  4.0                T                      mdistiller CFG.DKD
+             options.dkd.warmup_epochs (linear)       20                 WARMUP                 mdistiller CFG.DKD
+===========  =======================================  =================  =====================  ===================
 
-The T^2 factor lives inside the KD term (:func:`kd_loss`), as the benchmark's DistillKL
-computes it, so kd_weight multiplies T^2 * KL. The benchmark is the CIFAR-100 code of CRD
-(Tian et al., 2020), which the paper follows; its scripts run feature methods without KD
-(alpha 0), while the paper adds KD to them because that trains better students. OH is not
-in that benchmark; its default is the scale of the authors' CIFAR-100 code
-(clovaai/overhaul-distillation: distillation sum / batch / 1000 next to CE), here next to
-CE 0.1 + KD 0.9 as the paper trains it.
+``feature_weight`` in the spec overrides the feature method's default. "all N" means every
+block end of the cut; "last" the last block's output; "pooled last" that output averaged over
+its spatial positions (the benchmark's feat[-1]). The T^2 factor lives inside the KD term
+(:func:`kd_loss`), as the benchmark's DistillKL computes it. The benchmark's scripts run
+feature methods without KD (alpha 0); the paper adds KD to them because that trains better
+students, and so does splicer. OH is not in the benchmark; its default is the scale of the
+authors' CIFAR-100 code (clovaai/overhaul-distillation), here next to CE 0.1 + KD 0.9 as the
+paper trains every feature method. CRD samples its negatives from other classes, as the
+authors' ``--mode exact``, without replacement up to 100k training images (their CIFAR
+code) and with replacement above (their ImageNet code).
 
 Methods with ``needs_preactivations`` (OH) receive each block end's value before its final
 ReLU instead of the block output; the compiler finds it in the traced graph
 (:mod:`splicer.trace.preactivation`), and ``prepare(teacher)`` lets a method read the
-frozen teacher (OH's margins from its BatchNorms) before training.
+frozen teacher (OH's margins from its BatchNorms) before training. Methods with
+``needs_indices`` (CRD) receive each image's index in the training split.
 """
 
 from __future__ import annotations
 
-from splicer.training.methods import at, crd, fitnets, kd, oh  # noqa: F401  (each registers its method)
+from splicer.training.methods import at, crd, dkd, fitnets, kd, oh, pkt, rkd, sp, vid  # noqa: F401  (each registers itself)
 from splicer.training.methods.base import (
     METHODS,
     DistillMethod,

@@ -13,6 +13,7 @@ needs gradients through the teacher.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -117,6 +118,12 @@ class DistillMethod(nn.Module):
         super().__init__()
         self.spec = spec
         self.options: Any = options if options is not None else self.Options()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The trainer calls this before each epoch (0-based), so that a method with a schedule
+        (DKD's warm-up) knows where training is; resumed runs call it with the resumed epoch."""
+        self.epoch = epoch
 
     def prepare(self, teacher: nn.Module) -> None:
         """Read what the method needs from the frozen teacher (a TappedBlockNet) before training; nothing by default."""
@@ -164,6 +171,18 @@ class FeatureMethod(DistillMethod):
     def feature_loss(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> Tensor:
         """The unweighted feature loss."""
         raise NotImplementedError
+
+
+def in_float32(features: list[Tensor]) -> tuple[AbstractContextManager[Any], list[Tensor]]:
+    """Autocast off and the features in float32, for losses built on batch relations (Gram
+    matrices, similarity distributions), which bf16's 8-bit mantissa would blur."""
+    device = features[0].device.type if features else "cpu"
+    return torch.autocast(device, enabled=False), [f.float() for f in features]
+
+
+def pooled(feature: Tensor) -> Tensor:
+    """(B, C): a block output averaged over its spatial positions, as the head's global pooling does."""
+    return feature.flatten(2).mean(dim=2) if feature.dim() > 2 else feature
 
 
 def resize_to(feature: Tensor, size: tuple[int, int]) -> Tensor:

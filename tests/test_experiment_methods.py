@@ -1,0 +1,156 @@
+"""`splicer run --methods all`: the paper's tables 1-2 with every registered method, and a
+failing method reported in its own row while the others complete."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from splicer.cli.main import app
+from splicer.errors import SplicerError
+from splicer.spec import spec_from_dict
+from splicer.training import plots
+from splicer.training.experiment import build_report, expand_methods, render_markdown, run_experiment
+from splicer.training.methods import METHODS, DistillMethod
+from tests.conftest import toy_spec
+
+runner = CliRunner()
+
+
+class Broken(DistillMethod):
+    """A registered method whose every step raises, as a bug in a new method would."""
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("boom in the broken method")
+
+
+def tiny_spec() -> dict:
+    return toy_spec(
+        data={"dataset": "synthetic", "synthetic_train": 32, "synthetic_test": 16},
+        train={"epochs": 1, "batch_size": 32, "device": "cpu"},
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`splicer run --methods all` with a broken method registered next to the real ones.
+
+    Each run's own curves.png is skipped (about a second of plotting per run; test_training
+    checks them), the experiment's comparison figure is drawn.
+    """
+    folder = tmp_path_factory.mktemp("all")
+    spec = folder / "toy.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec(), sort_keys=False))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(METHODS, "broken", Broken)
+        patch.setattr(plots, "plot_curves", lambda *args, **kwargs: None)
+        result = runner.invoke(
+            app, ["run", str(spec), "--methods", "all", "--seeds", "0", "--out", str(folder / "out"), "-q"]
+        )
+    assert result.exit_code == 1, result.output  # the report is written, the failure still shows in the status
+    return folder / "out", result.output
+
+
+def test_all_expands_to_every_registered_method_in_the_papers_order(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(METHODS, "broken", Broken)
+    expanded = expand_methods(["all"])
+    assert expanded[:3] == ["kd", "fitnets", "at"] and set(expanded) == set(METHODS)
+    assert expanded.index("sp") < expanded.index("dkd") < expanded.index("broken")
+    assert expand_methods(["at", "all"]).count("at") == 1
+
+
+def test_methods_all_produces_the_full_table(experiment: tuple[Path, str]):
+    out, _ = experiment
+    report = json.loads((out / "report.json").read_text())
+    real = sorted(set(METHODS) - {"broken"})
+    assert set(report["methods"]) == set(real) | {"broken"}
+    for method in real:
+        row = report["methods"][method]
+        assert row["errors"] == []
+        assert row["delta"] == pytest.approx(row["sftn"]["mean"] - row["standard"]["mean"])
+        assert row["wall_seconds"] > 0 and all(row["step_seconds"][kind] > 0 for kind in ("standard", "sftn"))
+        assert (out / "seed0" / f"{method}-from-sftn" / "summary.json").is_file()
+    assert sorted(report["mean_delta"]["methods"]) == real
+    deltas = [report["methods"][m]["delta"] for m in real]
+    assert report["mean_delta"]["mean"] == pytest.approx(sum(deltas) / len(deltas))
+    assert report["best"]["sftn"] == max(report["methods"][m]["sftn"]["mean"] for m in real)
+    markdown = (out / "report.md").read_text()
+    rows = ("| Teacher accuracy |", "| Student accuracy w/o KD |", "| Best |", f"| Mean Δ over {len(real)} methods |")
+    for row in rows:
+        assert row in markdown, row
+    for title in ("KD", "FitNets", "AT", "SP", "VID", "RKD", "PKT", "DKD"):
+        assert f"\n| {title} | " in markdown, title
+
+
+def test_a_failing_method_is_reported_in_its_row_and_the_others_go_on(experiment: tuple[Path, str]):
+    out, output = experiment
+    report = json.loads((out / "report.json").read_text())
+    broken = report["methods"]["broken"]
+    assert broken["standard"] is None and broken["sftn"] is None and broken["delta"] is None
+    assert broken["errors"] == [
+        "seed 0, standard teacher: RuntimeError: boom in the broken method",
+        "seed 0, sftn teacher: RuntimeError: boom in the broken method",
+    ]
+    assert "broken" not in report["mean_delta"]["methods"]
+    assert "boom in the broken method" in (out / "seed0" / "broken-from-sftn" / "error.txt").read_text()
+    row = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("| BROKEN |"))
+    assert "| failed | failed |" in row and "RuntimeError: boom in the broken method" in row
+    assert "broken from the standard teacher failed" in output
+    assert "2 distillation run(s) failed" in output
+    assert (out / "curves.png").is_file()
+
+
+def test_report_with_seeds_and_a_failure_in_one_seed_only():
+    """Built from summaries: a cell is scored only when every seed finished; the others are kept."""
+
+    def done(top1: float, seconds: float = 10.0) -> dict:
+        return {"final": {"top1": top1}, "wall_seconds": seconds, "step_seconds_median": seconds / 100,
+                "similarity": {"kl": 0.1, "cka": 0.9}, "run": "r", "eval_split": "test"}  # fmt: skip
+
+    results = {
+        seed: {
+            "standard": done(70.0 + seed),
+            "sftn": done(69.0 + seed),
+            "student": done(60.0),
+            "kd-from-standard": done(65.0 + seed),
+            "kd-from-sftn": done(66.0 + seed, 20.0),
+            "at-from-standard": done(64.0),
+            "at-from-sftn": done(67.0) if seed == 0 else {"run": "r", "error": "diverged"},
+        }
+        for seed in (0, 1)
+    }
+    spec = spec_from_dict(tiny_spec())
+    report = build_report(spec, ["kd", "at"], [0, 1], results)
+    kd, at = report["methods"]["kd"], report["methods"]["at"]
+    assert kd["standard"]["mean"] == 65.5 and kd["sftn"]["std"] == pytest.approx(0.7071, rel=1e-3)
+    assert kd["delta"] == pytest.approx(1.0) and kd["wall_seconds"] == 15.0
+    assert at["standard"]["mean"] == 64.0 and at["sftn"] is None and at["delta"] is None
+    assert at["errors"] == ["seed 1, sftn teacher: diverged"]
+    assert report["best"] == {"standard": 65.5, "sftn": 66.5, "delta": 1.0}
+    assert report["mean_delta"] == {"mean": 1.0, "methods": ["kd"]}
+    markdown = render_markdown(report)
+    assert "| KD | 65.50 ± 0.71 | 66.50 ± 0.71 | +1.00 | 15.0 s | |" in markdown
+    assert "| AT | 64.00 ± 0.00 | failed |  | 10.0 s | seed 1, sftn teacher: diverged |" in markdown
+
+
+def test_unknown_methods_and_options_fail_before_any_training(tmp_path: Path):
+    with pytest.raises(SplicerError, match="unknown distillation method.*valid: all, "):
+        run_experiment(spec_from_dict(tiny_spec()), ["nope"], [0], out=tmp_path / "a")
+    typo = spec_from_dict({**tiny_spec(), "distill": {"options": {"dkd": {"betta": 6}}}})
+    with pytest.raises(SplicerError, match=r"distill\.options\.dkd\.betta.*valid fields of dkd: .*beta"):
+        run_experiment(typo, ["kd", "dkd"], [0], out=tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
