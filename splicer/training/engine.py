@@ -144,8 +144,8 @@ class TrainStep(nn.Module):
         self.trained = nn.ModuleList(stage.trained())
         self._loss = stage.loss
 
-    def forward(self, images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        return self._loss(images, labels)
+    def forward(self, images: Tensor, labels: Tensor, *extra: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        return self._loss(images, labels, *extra)  # extra: what a stream adds per batch (e.g. sample indices)
 
 
 def training_step(stage: Stage, recipe: TrainSpec, runtime: Runtime, dist: Distributed) -> nn.Module:
