@@ -201,7 +201,9 @@ def machine() -> str:
     import torch
 
     if torch.cuda.is_available():
-        return f"GPU {torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+        processes = int(os.environ.get("WORLD_SIZE", "1"))
+        gpus = f"{processes} x " if processes > 1 else ""
+        return f"GPU {gpus}{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     return f"CPU only, {os.cpu_count()} cores ({platform.processor() or platform.machine()}), torch {torch.__version__}"
 
 
@@ -253,6 +255,10 @@ def main(argv: list[str] | None = None) -> None:
             results["pairs"][spec.name] = {"report": report, "timing": timing}
     except SplicerError as exc:
         sys.exit(f"proof.py: {exc}")
+    from splicer.training.distributed import Distributed
+
+    if not Distributed.from_env().is_main:  # under torchrun (gpu_proof.sh --nproc N) rank 0 writes the tables
+        return
     total = stored_seconds(results)
     sections += [f"Training and evaluation time of every run together: **{total / 60:.1f} min**.", ""]
     results["total_run_seconds"] = total

@@ -35,6 +35,14 @@ SetOpt = Annotated[
     typer.Option("--set", help="Change any spec field, e.g. --set data.resize=16 (repeatable).", show_default=False),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-epoch lines.")]
+NprocOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--nproc",
+        help="Train with N processes on this machine (hands over to torchrun; train.batch_size stays the global batch).",
+        show_default=False,
+    ),
+]
 
 
 def _spec(path: Path, sets: list[str] | None, **train: Any) -> Spec:
@@ -44,7 +52,23 @@ def _spec(path: Path, sets: list[str] | None, **train: Any) -> Spec:
     return apply_overrides(load_spec(path), train, sets)
 
 
+def _is_main() -> bool:
+    """Under torchrun only rank 0 prints the result."""
+    from splicer.training.distributed import Distributed
+
+    return Distributed.from_env().is_main
+
+
+def _launch(nproc: int | None, command: str) -> None:
+    if nproc is not None:
+        from splicer.cli.launch import hand_over
+
+        hand_over(nproc, command)
+
+
 def _report(summary: dict[str, Any]) -> None:
+    if not _is_main():
+        return
     final, best = summary["final"], summary["best"]
     split = summary["eval_split"]
     typer.echo(f"run: {summary['run']}")
@@ -68,8 +92,10 @@ def train(
     resume: ResumeOpt = False,
     set_: SetOpt = None,
     quiet: QuietOpt = False,
+    nproc: NprocOpt = None,
 ) -> None:
     """Stage 1: train SPEC's SFTN teacher (with --standard, the same teacher alone)."""
+    _launch(nproc, "train")
     from splicer.training.stage1 import train_teacher
 
     resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed)
@@ -99,8 +125,10 @@ def distill(
     resume: ResumeOpt = False,
     set_: SetOpt = None,
     quiet: QuietOpt = False,
+    nproc: NprocOpt = None,
 ) -> None:
     """Stage 2: distil a fresh student of SPEC from a trained teacher (SFTN or standard)."""
+    _launch(nproc, "distill")
     from splicer.training.stage2 import distill as distill_student
 
     resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed)
@@ -175,8 +203,10 @@ def run(
     ] = False,
     set_: SetOpt = None,
     quiet: QuietOpt = False,
+    nproc: NprocOpt = None,
 ) -> None:
     """Train standard and SFTN teachers, the student alone and distilled from each; report them side by side."""
+    _launch(nproc, "run")
     from splicer.errors import SplicerError
     from splicer.training.experiment import render_markdown, run_experiment
 
@@ -187,6 +217,8 @@ def run(
     except ValueError:
         raise SplicerError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
     report = run_experiment(resolved, method_list, seed_list, out=out, resume=resume, quiet=quiet)
+    if not _is_main():
+        return
     typer.echo(render_markdown(report))
     typer.echo(f"wrote {report['folder']}/report.md, report.json and curves.png")
     failed = sum(len(runs) for runs in report["failures"].values())

@@ -26,6 +26,9 @@ class Batches(Protocol):
 
     def set_epoch(self, epoch: int) -> None: ...
 
+    def shard(self, rank: int, world_size: int) -> None:
+        """Yield only rank ``rank``'s share: its slice of each global training batch, its part of the eval split."""
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]: ...
 
     def __len__(self) -> int: ...

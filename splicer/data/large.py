@@ -66,6 +66,11 @@ class LoaderBatches:
     A fresh DataLoader per epoch whose generator is seeded by (seed, epoch) fixes both the
     shuffle and (with workers) their augmentation seeds, so an epoch replays exactly on resume.
     With ``indexed`` set, training batches also carry each image's index in ``dataset``.
+
+    After :meth:`shard` with more than one rank, training draws through a
+    DistributedSampler (shuffled by seed and epoch, each rank a disjoint share of
+    batch_size / world_size images per step), and evaluation reads this rank's contiguous
+    part of the split, so each image is scored exactly once.
     """
 
     def __init__(
@@ -87,32 +92,70 @@ class LoaderBatches:
         self.device = device
         self.epoch = 0
         self.indexed = False
+        self.rank, self.world_size = 0, 1
+
+    def shard(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    @property
+    def _share(self) -> int:
+        return max(1, self.batch_size // self.world_size)
+
+    def _eval_part(self) -> torch.utils.data.Dataset:
+        if self.world_size == 1:
+            return self.dataset
+        from torch.utils.data import Subset
+
+        count = len(self.dataset)
+        start, stop = count * self.rank // self.world_size, count * (self.rank + 1) // self.world_size
+        return Subset(self.dataset, range(start, stop))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
         if self.train:
+            if self.world_size > 1:
+                return max(1, len(self.dataset) // self.world_size // self._share)
             return max(1, len(self.dataset) // self.batch_size)
-        return math.ceil(len(self.dataset) / self.batch_size)
+        return math.ceil(len(self._eval_part()) / self._share)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         self.epoch += 1
         return self._batches(self.epoch - 1)
 
     def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        from torch.utils.data import DataLoader
+        from torch.utils.data import DataLoader, DistributedSampler
 
         indexed = self.indexed and self.train
-        loader = DataLoader(
-            IndexedDataset(self.dataset) if indexed else self.dataset,
-            batch_size=self.batch_size,
-            shuffle=self.train,
-            drop_last=self.train and len(self.dataset) >= self.batch_size,
-            num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
-            generator=epoch_generator(self.seed, epoch),
-        )
+        train_set = IndexedDataset(self.dataset) if indexed else self.dataset
+        if self.train and self.world_size > 1:
+            sampler = DistributedSampler(
+                train_set, self.world_size, self.rank, shuffle=True, seed=self.seed, drop_last=True
+            )
+            sampler.set_epoch(epoch)
+            # Each rank's workers draw their own augmentation seeds.
+            generator = epoch_generator(self.seed, epoch * self.world_size + self.rank)
+            loader = DataLoader(
+                train_set,
+                batch_size=self._share,
+                sampler=sampler,
+                drop_last=len(sampler) >= self._share,
+                num_workers=self.workers,
+                pin_memory=self.device.type == "cuda",
+                generator=generator,
+            )
+        else:
+            dataset = train_set if self.train else self._eval_part()
+            loader = DataLoader(
+                dataset,
+                batch_size=self.batch_size if self.train else self._share,
+                shuffle=self.train,
+                drop_last=self.train and len(dataset) >= self.batch_size,
+                num_workers=self.workers,
+                pin_memory=self.device.type == "cuda",
+                generator=epoch_generator(self.seed, epoch),
+            )
         for images, labels, *index in loader:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)

@@ -78,6 +78,10 @@ class MemoryBatches:
     (seed, epoch) and drop the last partial batch, so every step has a full batch for
     BatchNorm. Evaluation streams go in order, unaugmented, with every image. With
     ``indexed`` set, training batches also carry each image's index in ``data``.
+
+    After :meth:`shard`, a training step yields this rank's slice of the same global batch
+    (every rank draws the same order and augmentation), and evaluation goes over this
+    rank's contiguous part of the split, so each image is scored exactly once.
     """
 
     def __init__(
@@ -91,6 +95,19 @@ class MemoryBatches:
         self.pad = pad
         self.epoch = 0
         self.indexed = False
+        self.rank, self.world_size = 0, 1
+
+    def shard(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    @property
+    def _share(self) -> int:
+        """Images per step on this rank (the global batch split evenly over the ranks)."""
+        return max(1, self.batch_size // self.world_size)
+
+    def _eval_range(self) -> tuple[int, int]:
+        count = len(self.labels)
+        return count * self.rank // self.world_size, count * (self.rank + 1) // self.world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -98,7 +115,8 @@ class MemoryBatches:
     def __len__(self) -> int:
         if self.train:
             return max(1, len(self.labels) // self.batch_size)
-        return math.ceil(len(self.labels) / self.batch_size)
+        start, stop = self._eval_range()
+        return math.ceil((stop - start) / self._share)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         if not self.train:
@@ -107,8 +125,9 @@ class MemoryBatches:
         return self._train_batches(self.epoch - 1)
 
     def _eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, len(self.labels), self.batch_size):
-            stop = start + self.batch_size
+        first, last = self._eval_range()
+        for start in range(first, last, self._share):
+            stop = min(start + self._share, last)
             yield self.normalize(self.images[start:stop]), self.labels[start:stop]
 
     def _train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -121,8 +140,10 @@ class MemoryBatches:
             top = torch.randint(0, 2 * self.pad + 1, (count,), generator=generator).to(device)
             left = torch.randint(0, 2 * self.pad + 1, (count,), generator=generator).to(device)
             flip = (torch.rand(count, generator=generator) < 0.5).to(device)
+        share = self._share
         for step in range(len(self)):
-            window = slice(step * self.batch_size, (step + 1) * self.batch_size)
+            begin = step * self.batch_size + self.rank * share
+            window = slice(begin, begin + share)
             index = order[window]
             images = self.images[index]
             if self.pad is not None:

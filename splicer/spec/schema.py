@@ -133,6 +133,16 @@ class TrainSpec(_Strict):
         "auto", description="auto: channels-last on CUDA (faster convolutions with bf16), contiguous on CPU."
     )
     eval_every: int = Field(1, ge=1, description="Evaluate every this many epochs (and always at the end).")
+    compile: Literal["auto", True, False] = Field(
+        "auto",
+        description="torch.compile the training step (networks and the method's modules). "
+        "auto: on CUDA, off on the CPU (see benchmarks/results/ddp_compile.md).",
+    )
+    sync_bn: bool = Field(
+        False,
+        description="Under torchrun, BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only). "
+        "false: each process normalises with its own share of the batch.",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from splicer.data import DataBundle
 from splicer.errors import SplicerError
 from splicer.spec import Spec
+from splicer.spec.schema import TrainSpec
 from splicer.training.checkpoint import FORMAT, copy_atomic, load_checkpoint, rng_state, save_atomic, set_rng_state
 from splicer.training.distributed import Distributed
 from splicer.training.evaluate import accuracy
@@ -47,34 +48,45 @@ class Runtime:
     """The device and its numerics; by default bf16 autocast and channels-last on CUDA, fp32 on CPU.
 
     The spec's ``train.precision`` and ``train.memory_format`` can force either on any device,
-    which also lets the CUDA numerics be exercised on a CPU.
+    which also lets the CUDA numerics be exercised on a CPU. ``compile`` runs the training
+    step through ``torch.compile`` (``train.compile``; auto: on CUDA only).
     """
 
     device: torch.device
     bf16: bool = False
     channels_last: bool = False
+    compile: bool = False
 
     @classmethod
-    def create(cls, name: str, dist: Distributed, precision: str = "auto", memory_format: str = "auto") -> Runtime:
-        """Resolve ``auto|cpu|cuda``; under torchrun each process takes the GPU of its local rank."""
+    def create(
+        cls,
+        name: str,
+        dist: Distributed,
+        precision: str = "auto",
+        memory_format: str = "auto",
+        compile: bool | str = False,
+    ) -> Runtime:
+        """Resolve ``auto|cpu|cuda``; under torchrun each process takes the GPU of its local rank
+        and joins the process group."""
         if name == "cuda" and not torch.cuda.is_available():
             raise SplicerError("train.device: cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
-        if name == "cpu" or not torch.cuda.is_available():
-            device = torch.device("cpu")
-        else:
+        on_gpu = name != "cpu" and torch.cuda.is_available()
+        if on_gpu:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-            device = torch.device("cuda", dist.local_rank)
-        on_gpu = device.type == "cuda"
+        device = dist.device(on_gpu)
+        dist.start(device)
         bf16 = precision == "bf16" or (precision == "auto" and on_gpu)
         channels_last = memory_format == "channels_last" or (memory_format == "auto" and on_gpu)
-        return cls(device, bf16, channels_last)
+        compiled = compile is True or (compile == "auto" and on_gpu)
+        return cls(device, bf16, channels_last, compiled)
 
     @classmethod
     def for_spec(cls, spec: Spec, dist: Distributed) -> Runtime:
-        """The runtime ``spec.train`` asks for (device, precision, memory format)."""
-        return cls.create(spec.train.device, dist, spec.train.precision, spec.train.memory_format)
+        """The runtime ``spec.train`` asks for (device, precision, memory format, compilation)."""
+        train = spec.train
+        return cls.create(train.device, dist, train.precision, train.memory_format, train.compile)
 
     def autocast(self) -> AbstractContextManager[Any]:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
@@ -124,6 +136,37 @@ class Stage:
             module.eval()
 
 
+class TrainStep(nn.Module):
+    """The trained modules and the stage's loss as one module: what DDP wraps and torch.compile compiles.
+
+    The frozen teacher is not registered here, so DDP neither wraps nor synchronises it.
+    """
+
+    def __init__(self, stage: Stage) -> None:
+        super().__init__()
+        self.trained = nn.ModuleList(stage.trained())
+        self._loss = stage.loss
+
+    def forward(self, images: Tensor, labels: Tensor, *extra: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        return self._loss(images, labels, *extra)  # extra: what a stream adds per batch (e.g. sample indices)
+
+
+def training_step(stage: Stage, recipe: TrainSpec, runtime: Runtime, dist: Distributed) -> nn.Module:
+    """The callable a training step runs: SyncBatchNorm if asked, DDP under torchrun, then torch.compile.
+
+    Call before building the optimizer: SyncBatchNorm replaces the BatchNorm modules (and
+    their parameters). The stage's own modules stay unwrapped, so checkpoints keep their keys.
+    """
+    if recipe.sync_bn:
+        stage.model = dist.sync_batch_norm(stage.model, runtime.device)
+        stage.extra = {name: dist.sync_batch_norm(m, runtime.device) for name, m in stage.extra.items()}
+    step: nn.Module = dist.wrap(TrainStep(stage), runtime.device)
+    if runtime.compile:
+        torch._dynamo.reset()  # a fresh cache per run: runs in one process would otherwise hit the recompile limit
+        step = torch.compile(step)
+    return step
+
+
 @dataclass
 class _EpochStats:
     terms: dict[str, float]
@@ -131,6 +174,7 @@ class _EpochStats:
     images: int
     steps: int
     seconds: float
+    first_step_seconds: float
 
 
 def fit(
@@ -151,6 +195,10 @@ def fit(
     """
     recipe = spec.train
     spec_dict = spec.model_dump(mode="json")
+    run = dist.from_main(run)  # one folder, even when each rank named a fresh one at a different second
+    dist.check_batch_size(recipe.batch_size)
+    dist.shard(data)
+    step = training_step(stage, recipe, runtime, dist)
     params = [p for module in stage.trained() for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=recipe.milestones, gamma=recipe.gamma)
@@ -168,6 +216,7 @@ def fit(
         start, best = state["epoch"], state["best"]
         logger.info(f"{stage.title}: resuming {run.path} after epoch {start}")
     logger.start(spec_dict, start if resume else None)
+    compile_seconds = None
     for epoch in range(start, recipe.epochs):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -175,10 +224,13 @@ def fit(
         for hook in stage.epoch_hooks:
             hook(epoch)
         with logger.epoch_progress(epoch + 1, recipe.epochs, len(data.train)) as progress:
-            stats = _train_epoch(stage, data, optimizer, runtime, progress, epoch, run)
+            stats = _train_epoch(stage, step, data, optimizer, runtime, dist, progress, epoch, run)
+        if runtime.compile and compile_seconds is None:
+            compile_seconds = stats.first_step_seconds
+            logger.info(f"{stage.title}: torch.compile: the first step (compilation) took {compile_seconds:.1f} s")
         top1 = top5 = None
         if (epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs:
-            top1, top5 = accuracy(stage.evaluator, data.eval, runtime)
+            top1, top5 = accuracy(stage.evaluator, data.eval, runtime, dist)
         scheduler.step()
         improved = top1 is not None and (best["top1"] is None or top1 > best["top1"])
         if improved:
@@ -200,22 +252,29 @@ def fit(
             save_atomic(_payload(stage, spec_dict, optimizer, scheduler, epoch + 1, best, runtime), run.last)
             if improved:
                 copy_atomic(run.last, run.best)
+    dist.barrier()  # rank 0 has written the last epoch's record and checkpoint
     summary = _summary(stage, spec, run, data, runtime, best)
+    summary["processes"] = dist.world_size
+    summary["compile_seconds"] = compile_seconds
     logger.finish(summary, stage.kl_term)
+    dist.barrier()  # ... and summary.json, which `splicer run` reads next on every rank
     return summary
 
 
 def _train_epoch(
     stage: Stage,
+    step_fn: nn.Module,
     data: DataBundle,
     optimizer: torch.optim.Optimizer,
     runtime: Runtime,
+    dist: Distributed,
     progress: EpochProgress,
     epoch: int,
     run: RunDir,
 ) -> _EpochStats:
     """One pass over the training stream. Loss terms, correct predictions and the first
-    non-finite step are accumulated on the device and read back every SYNC_EVERY steps."""
+    non-finite step are accumulated on the device and, every SYNC_EVERY steps, summed over
+    the ranks and read back: every rank sees the same numbers and stops at the same step."""
     stage.train_mode()
     steps = len(data.train)
     device = runtime.device
@@ -225,14 +284,17 @@ def _train_epoch(
     first_bad = torch.full((), -1.0, dtype=torch.float64, device=device)
     images = 0
     host: list[float] = []
+    first_step_seconds = 0.0
     started = time.perf_counter()
     for step, (batch, labels, *indices) in enumerate(data.train):
         with runtime.autocast():
-            terms, logits = stage.loss(runtime.inputs(batch), labels, *indices)
+            terms, logits = step_fn(runtime.inputs(batch), labels, *indices)
         total = terms["total"]
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
+        if step == 0:
+            first_step_seconds = time.perf_counter() - started
         if not names:
             names = ["total", *(name for name in terms if name != "total")]
             sums = torch.zeros(len(names), device=device)
@@ -243,18 +305,24 @@ def _train_epoch(
         images += len(labels)
         progress.advance()
         if (step + 1) % SYNC_EVERY == 0 or step + 1 == steps:
-            host = torch.cat([sums.double(), correct.view(1), first_bad.view(1)]).tolist()
-            if host[-1] >= 0:
+            counted = torch.tensor([images], dtype=torch.float64, device=device)
+            host = dist.sum(torch.cat([sums.double(), correct.view(1), counted])).tolist()
+            # The earliest non-finite step on any rank, as (steps - step) so that the maximum finds it.
+            earliest = dist.max(torch.where(first_bad >= 0, steps - first_bad, 0.0).view(1)).item()
+            if earliest > 0:
                 bad = [
                     name
                     for name, value in zip(names[1:], host[1 : len(names)], strict=True)
                     if not math.isfinite(value)
                 ]
-                raise TrainingDiverged(_diverged_message(stage, epoch, int(host[-1]), steps, bad, run))
-            progress.show(host[0] / (step + 1), 100 * host[-2] / images, images / (time.perf_counter() - started))
+                raise TrainingDiverged(_diverged_message(stage, epoch, int(steps - earliest), steps, bad, run))
+            seen = host[-1]
+            progress.show(
+                host[0] / ((step + 1) * dist.world_size), 100 * host[-2] / seen, seen / (time.perf_counter() - started)
+            )
     seconds = time.perf_counter() - started
-    means = {name: value / steps for name, value in zip(names, host[: len(names)], strict=True)}
-    return _EpochStats(means, 100 * host[-2] / images, images, steps, seconds)
+    means = {name: value / (steps * dist.world_size) for name, value in zip(names, host[: len(names)], strict=True)}
+    return _EpochStats(means, 100 * host[-2] / host[-1], int(host[-1]), steps, seconds, first_step_seconds)
 
 
 def _diverged_message(stage: Stage, epoch: int, step: int, steps: int, bad_terms: list[str], run: RunDir) -> str:

@@ -16,24 +16,31 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from splicer.assembly.modules import BlockNet
+    from splicer.training.distributed import Distributed
     from splicer.training.engine import Runtime
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], runtime: Runtime) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (%) of ``model`` in eval mode (top-k with k = classes when fewer than 5)."""
+def accuracy(
+    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], runtime: Runtime, dist: Distributed | None = None
+) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (%) of ``model`` in eval mode (top-k with k = classes when fewer than 5).
+
+    Under torchrun each rank scores its own part of the split (see ``Distributed.shard``)
+    and the hits and counts are summed over the ranks: every image counts exactly once.
+    """
     was_training = model.training
     model.eval()
-    hits = torch.zeros(2, dtype=torch.float64, device=runtime.device)
-    count = 0
+    hits = torch.zeros(3, dtype=torch.float64, device=runtime.device)  # top-1, top-5, images
     for images, labels in batches:
         with runtime.autocast():
             logits = model(runtime.inputs(images))
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
-        hits += torch.stack([top[:, 0].sum(), top.any(dim=1).sum()])
-        count += len(labels)
+        hits += torch.stack([top[:, 0].sum(), top.any(dim=1).sum(), top.new_tensor(len(labels), dtype=torch.long)])
     model.train(was_training)
-    top1, top5 = hits.tolist()
+    if dist is not None:
+        dist.sum(hits)
+    top1, top5, count = hits.tolist()
     return 100 * top1 / count, 100 * top5 / count
 
 

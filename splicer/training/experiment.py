@@ -68,9 +68,12 @@ def run_experiment(
         raise SplicerError("splicer run needs at least one method and one seed")
     for method in methods:  # a typo in distill.options fails now, not after the teachers have trained
         method_options(method, spec.distill)
-    root = _experiment_folder(spec.name, out, resume)
+    dist = Distributed.from_env()
+    runtime = Runtime.for_spec(spec, dist)
+    root = dist.from_main(_experiment_folder(spec.name, out, resume))
+    if dist.is_main:
+        root.mkdir(parents=True, exist_ok=True)
     # The eval split does not depend on the seed: one stream scores every pair.
-    runtime = Runtime.for_spec(spec, Distributed.from_env())
     data = build_data(
         spec.data, spec.input_size, spec.num_classes, spec.train.batch_size, runtime.device, spec.train.seed
     )
@@ -80,6 +83,8 @@ def run_experiment(
         results[seed] = _seed_runs(seeded, root / f"seed{seed}", methods, resume, quiet, runtime, data)
     report = build_report(spec, methods, seeds, results)
     report["folder"] = str(root)
+    if not dist.is_main:
+        return report
     write_report(report, root)
     _plot(
         results[seeds[0]],
@@ -102,7 +107,6 @@ def _experiment_folder(name: str, out: Path | None, resume: bool) -> Path:
         root = fresh_folder(RUNS_ROOT / name, "experiment")
     if not resume and root.exists() and any(root.iterdir()):
         raise SplicerError(f"{root} is not empty; pass --resume to continue that experiment, or choose another --out")
-    root.mkdir(parents=True, exist_ok=True)
     return root
 
 

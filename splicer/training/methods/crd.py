@@ -95,6 +95,7 @@ class CRD(FeatureMethod):
 
     default_feature_weight: ClassVar[float] = 0.8
     needs_indices: ClassVar[bool] = True
+    single_process_reason: ClassVar[str | None] = "its memory banks would be updated from one process's share of each batch"
     Options: ClassVar[type[MethodOptions]] = CRDOptions
 
     student_memory: Tensor

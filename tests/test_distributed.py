@@ -1,0 +1,248 @@
+"""Multi-process training on the CPU with Gloo, started by torchrun as users start it.
+
+Networks without BatchNorm (tests/ddp_nets.py) make one process on the global batch and
+DDP over two processes the same computation, so their weights must agree to float
+tolerance. The SFTN's transforms carry BatchNorm by design (per-rank statistics), so the
+two-process SFTN is checked against the computation DDP defines: each rank's half of the
+global batch through the network on its own, the gradients averaged.
+
+Every launch binds 127.0.0.1 only, uses a free port and runs under a subprocess timeout
+and a process-group timeout, so a test can fail but never hang.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from splicer.spec import load_spec
+from tests.conftest import REPO, toy_spec
+
+LAUNCH_TIMEOUT = 420  # seconds; a loaded 2-core machine needs ~1 min per launch
+GROUP_TIMEOUT = "60"  # seconds a collective may wait (SPLICER_DIST_TIMEOUT)
+
+PLAIN = {
+    "name": "plain",
+    "num_classes": 10,
+    "input_size": [3, 16, 16],
+    "teacher": {"model": "python:tests.ddp_nets:plain_net", "kwargs": {"width": 8}, "blocks": ["stage1", "stage2"]},
+    "student": {"model": "python:tests.ddp_nets:plain_net", "kwargs": {"width": 4}, "blocks": ["stage1", "stage2"]},
+    # 37 test images: not divisible by 2 processes
+    "data": {"dataset": "synthetic", "synthetic_train": 64, "synthetic_test": 37},
+    "train": {"epochs": 2, "batch_size": 16, "lr": 0.2, "milestones": [1], "device": "cpu"},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "SPLICER_DIST_TIMEOUT": GROUP_TIMEOUT,
+    }
+
+
+def torchrun_args(nproc: int, port: int, nnodes: int = 1, host: bool | None = None) -> list[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={nnodes}",
+        f"--nproc-per-node={nproc}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+        "--rdzv-id=splicer-test",
+        "--local-addr=127.0.0.1",
+        "--monitor-interval=0.5",
+    ]
+    if host is not None:
+        args.append(f"--rdzv-conf=is_host={str(host).lower()},join_timeout=120")
+    return args
+
+
+def torchrun(cwd: Path, *splicer_args: str, nproc: int = 2) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc-per-node N -m splicer ARGS`` in ``cwd``."""
+    command = [*torchrun_args(nproc, free_port()), "-m", "splicer", *splicer_args]
+    return subprocess.run(command, cwd=cwd, env=launch_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+
+
+def check(done: subprocess.CompletedProcess[str]) -> None:
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+
+
+def model(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 2e-5) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if a[key].is_floating_point():
+            assert torch.allclose(a[key], b[key], atol=atol, rtol=1e-4), f"{key}: max diff {(a[key] - b[key]).abs().max()}"
+
+
+def metrics(run: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def plain_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`splicer run` (standard, SFTN, student alone, KD and AT from each) with 2 processes and with 1."""
+    root = tmp_path_factory.mktemp("ddp")
+    (root / "plain.yaml").write_text(yaml.safe_dump(PLAIN, sort_keys=False))
+    check(torchrun(root, "run", "plain.yaml", "--methods", "kd,at", "--out", "two", "-q"))
+    env = {key: value for key, value in launch_env().items() if key not in ("RANK", "WORLD_SIZE")}
+    one = subprocess.run(
+        [sys.executable, "-m", "splicer", "run", "plain.yaml", "--methods", "kd,at", "--out", "one", "-q"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT,
+    )
+    check(one)
+    return root
+
+
+@pytest.mark.parametrize("run", ["standard", "student", "kd-from-standard", "at-from-standard"])
+def test_two_processes_reach_the_weights_of_one_process(plain_runs: Path, run: str):
+    one, two = plain_runs / "one" / "seed0" / run, plain_runs / "two" / "seed0" / run
+    assert_same_weights(model(one / "last.pt"), model(two / "last.pt"))
+    # Same losses and the same test accuracy: 37 test images, each scored once over the ranks.
+    for a, b in zip(metrics(one), metrics(two), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["eval_top1"] == pytest.approx(b["eval_top1"])
+        assert a["train_acc"] == pytest.approx(b["train_acc"])
+    assert metrics(one)[0]["loss"] != pytest.approx(metrics(one)[-1]["loss"], rel=1e-3)  # it trained
+
+
+def test_only_rank_zero_writes_and_the_report_is_complete(plain_runs: Path):
+    two = plain_runs / "two"
+    assert (two / "report.md").is_file() and (two / "report.json").is_file()
+    assert not list(two.glob("*.tmp")) and not list(two.rglob("*.tmp"))
+    summary = yaml.safe_load((two / "seed0" / "sftn" / "summary.json").read_text())
+    assert summary["processes"] == 2
+
+
+def test_two_process_sftn_is_ddp_of_the_per_rank_halves(plain_runs: Path):
+    """The SFTN's transforms normalise with per-rank BatchNorm statistics: replay that in one process."""
+    from splicer.assembly.build import compile_spec
+    from splicer.data import build_data
+    from splicer.training.engine import seed_everything
+    from splicer.training.stage1 import sftn_stage
+
+    spec = load_spec(plain_runs / "plain.yaml")
+    train = spec.train
+    seed_everything(train.seed)
+    sftn = compile_spec(spec).sftn
+    stage = sftn_stage(sftn, spec.loss, "reference")
+    data = build_data(spec.data, spec.input_size, spec.num_classes, train.batch_size, torch.device("cpu"), train.seed)
+    optimizer = torch.optim.SGD(sftn.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, train.milestones, train.gamma)
+    half = train.batch_size // 2
+    for epoch in range(train.epochs):
+        data.train.set_epoch(epoch)
+        stage.train_mode()
+        for images, labels in data.train:
+            optimizer.zero_grad()
+            for rank in range(2):
+                part = slice(rank * half, (rank + 1) * half)
+                terms, _ = stage.loss(images[part], labels[part])
+                (terms["total"] / 2).backward()
+            optimizer.step()
+        scheduler.step()
+    trained = model(plain_runs / "two" / "seed0" / "sftn" / "last.pt")
+    expected = dict(sftn.named_parameters())
+    for key, value in expected.items():  # BN running statistics are rank 0's under DDP: parameters only
+        assert torch.allclose(trained[key], value.detach(), atol=2e-5, rtol=1e-4), key
+
+
+def test_two_nodes_give_the_result_of_two_processes_on_one_node(plain_runs: Path):
+    """`torchrun --nnodes 2 --nproc-per-node 1` twice, meeting at a c10d rendezvous on 127.0.0.1."""
+    port = free_port()
+    agents = []
+    for host in (True, False):
+        command = [*torchrun_args(1, port, nnodes=2, host=host), "-m", "splicer", "train", "plain.yaml"]
+        command += ["--standard", "--out", "two-nodes", "-q"]
+        agents.append(
+            subprocess.Popen(
+                command, cwd=plain_runs, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    outputs = []
+    try:
+        for agent in agents:
+            outputs.append((agent.wait(timeout=LAUNCH_TIMEOUT), *agent.communicate()))
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                agent.kill()
+    for code, out, err in outputs:
+        assert code == 0, f"{out[-2000:]}\n{err[-4000:]}"
+    assert_same_weights(model(plain_runs / "two-nodes" / "last.pt"), model(plain_runs / "two" / "seed0" / "standard" / "last.pt"), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def batchnorm_spec(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ddp-bn")
+    spec = toy_spec(
+        data={"dataset": "synthetic", "synthetic_train": 64, "synthetic_test": 33},
+        train={"epochs": 2, "batch_size": 16, "lr": 0.1, "milestones": [1], "device": "cpu"},
+    )
+    (root / "toy.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return root
+
+
+def test_batchnorm_sftn_trains_and_resumes_under_two_processes(batchnorm_spec: Path):
+    root = batchnorm_spec
+    env = launch_env()
+    # The --nproc convenience hands the command to torchrun's launcher.
+    whole = subprocess.run(
+        [sys.executable, "-m", "splicer", "train", "toy.yaml", "--out", "whole", "-q", "--nproc", "2"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT,
+    )
+    check(whole)
+    assert [r["epoch"] for r in metrics(root / "whole")] == [1, 2]
+    check(torchrun(root, "train", "toy.yaml", "--out", "resumed", "--epochs", "1", "-q"))
+    check(torchrun(root, "train", "toy.yaml", "--out", "resumed", "--resume", "-q"))
+    resumed, uninterrupted = torch.load(root / "resumed" / "last.pt", weights_only=True), torch.load(
+        root / "whole" / "last.pt", weights_only=True
+    )
+    assert resumed["epoch"] == uninterrupted["epoch"] == 2
+    for key, value in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+    assert [r["loss"] for r in metrics(root / "resumed")] == [r["loss"] for r in metrics(root / "whole")]
+
+
+@pytest.mark.parametrize(("mode", "message"), [("raise", "injected failure on rank 1"), ("nan", "the loss became NaN/inf")])
+def test_a_failure_on_one_rank_stops_every_rank_with_its_message(tmp_path: Path, mode: str, message: str):
+    failing = {"model": "python:tests.ddp_nets:failing_net", "kwargs": {"mode": mode}, "blocks": ["stage1", "stage2"]}
+    spec = {**PLAIN, "name": "failing", "teacher": failing, "train": {**PLAIN["train"], "epochs": 3}}
+    (tmp_path / "failing.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    started = time.monotonic()
+    done = torchrun(tmp_path, "train", "failing.yaml", "--standard", "--out", "failing", "-q")
+    assert done.returncode != 0
+    assert message in done.stdout + done.stderr
+    assert time.monotonic() - started < LAUNCH_TIMEOUT
+    assert not (tmp_path / "failing" / "last.pt").exists()  # failed in epoch 1: no checkpoint written
