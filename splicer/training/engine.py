@@ -32,8 +32,9 @@ from splicer.training.runs import RunDir
 SYNC_EVERY = 10
 """Steps between host-device synchronisations (progress numbers, divergence check)."""
 
-LossFn = Callable[[Tensor, Tensor], tuple[dict[str, Tensor], Tensor]]
-"""(images, labels) -> (loss terms including "total", logits scored for train accuracy)."""
+LossFn = Callable[[Tensor, Tensor], tuple[dict[str, Tensor], Tensor | None]]
+"""(images, labels) -> (loss terms including "total", logits scored for train accuracy, or None
+when what is trained has no class logits, e.g. a method's paraphraser)."""
 
 
 class TrainingDiverged(SplicerError):
@@ -104,7 +105,7 @@ class Stage:
     kind: str  # checkpoint kind: sftn | standard | student | distill
     title: str  # names the run in progress lines and plots
     model: nn.Module  # trained; checkpoint["model"]
-    evaluator: nn.Module  # images -> logits, scored top-1/top-5 on the eval split
+    evaluator: nn.Module | None  # images -> logits, scored top-1/top-5 on the eval split; None: nothing to score
     loss: LossFn
     kl_term: str | None = None  # the term plotted as "KL" (figure 5)
     extra: dict[str, nn.Module] = field(default_factory=dict)  # trained with the model (FitNets' regressor)
@@ -124,7 +125,7 @@ class Stage:
 @dataclass
 class _EpochStats:
     terms: dict[str, float]
-    train_acc: float
+    train_acc: float | None
     images: int
     steps: int
     seconds: float
@@ -172,7 +173,7 @@ def fit(
         with logger.epoch_progress(epoch + 1, recipe.epochs, len(data.train)) as progress:
             stats = _train_epoch(stage, data, optimizer, runtime, progress, epoch, run)
         top1 = top5 = None
-        if (epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs:
+        if stage.evaluator is not None and ((epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs):
             top1, top5 = accuracy(stage.evaluator, data.eval, runtime)
         scheduler.step()
         improved = top1 is not None and (best["top1"] is None or top1 > best["top1"])
@@ -217,6 +218,7 @@ def _train_epoch(
     names: list[str] = []
     sums = torch.zeros(0, device=device)
     correct = torch.zeros((), dtype=torch.float64, device=device)
+    scored = False
     first_bad = torch.full((), -1.0, dtype=torch.float64, device=device)
     images = 0
     host: list[float] = []
@@ -233,7 +235,9 @@ def _train_epoch(
             sums = torch.zeros(len(names), device=device)
         values = torch.stack([terms[name].detach().float() for name in names])
         sums += values
-        correct += (logits.detach().argmax(1) == labels).sum()
+        if logits is not None:
+            correct += (logits.detach().argmax(1) == labels).sum()
+            scored = True
         first_bad.masked_fill_((first_bad < 0) & ~torch.isfinite(values[0]), step)
         images += len(labels)
         progress.advance()
@@ -246,10 +250,11 @@ def _train_epoch(
                     if not math.isfinite(value)
                 ]
                 raise TrainingDiverged(_diverged_message(stage, epoch, int(host[-1]), steps, bad, run))
-            progress.show(host[0] / (step + 1), 100 * host[-2] / images, images / (time.perf_counter() - started))
+            acc = 100 * host[-2] / images if scored else None
+            progress.show(host[0] / (step + 1), acc, images / (time.perf_counter() - started))
     seconds = time.perf_counter() - started
     means = {name: value / steps for name, value in zip(names, host[: len(names)], strict=True)}
-    return _EpochStats(means, 100 * host[-2] / images, images, steps, seconds)
+    return _EpochStats(means, 100 * host[-2] / images if scored else None, images, steps, seconds)
 
 
 def _diverged_message(stage: Stage, epoch: int, step: int, steps: int, bad_terms: list[str], run: RunDir) -> str:

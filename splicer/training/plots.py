@@ -34,7 +34,8 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str, kl_term: 
     if kl_term:
         axes[1].plot(epochs, [r["terms"][kl_term] for r in records], color="tab:red")
         axes[1].set(title=f"KL term ({kl_term})", xlabel="epoch")
-    acc_ax.plot(epochs, [r["train_acc"] for r in records], label="train")
+    scored = [r for r in records if r["train_acc"] is not None]  # a method's phase may have no class logits
+    acc_ax.plot([r["epoch"] for r in scored], [r["train_acc"] for r in scored], label="train")
     evaluated = [r for r in records if r.get("eval_top1") is not None]
     acc_ax.plot([r["epoch"] for r in evaluated], [r["eval_top1"] for r in evaluated], label="eval top-1", marker=".")
     acc_ax.plot(

@@ -24,7 +24,8 @@ from splicer.training.checkpoint import TEACHER_KINDS, load_checkpoint, network_
 from splicer.training.distributed import Distributed
 from splicer.training.engine import LossFn, Runtime, Stage, fit, seed_everything
 from splicer.training.methods import METHODS, DistillMethod, create_method
-from splicer.training.runs import open_run
+from splicer.training.phases import train_phases
+from splicer.training.runs import RunDir, open_run
 from splicer.training.stage1 import cross_entropy_loss
 
 
@@ -67,27 +68,33 @@ def distill(
     runtime = Runtime.for_spec(spec, dist)
     run = open_run(spec.name, f"distill-{method}-{kind}", out, resume)
     if resume:
-        _check_resumed_teacher(run.last, teacher_path)
+        _check_resumed_teacher(run, teacher_path)
     seed_everything(spec.train.seed)
     student = build_student(spec)
     teacher_net = network_from_checkpoint(checkpoint, teacher_path, spec)
     teacher_net.requires_grad_(False)
     loss_method = create_method(method, spec.distill, block_shapes(teacher_net, spec), block_shapes(student, spec))
-    stage = Stage(
-        kind="distill",
-        title=f"{spec.name} {method} student from {kind} teacher",
-        model=runtime.place(student),
-        evaluator=student,
-        loss=distill_loss(student, runtime.place(teacher_net), runtime.place(loss_method)),
-        kl_term="kd",
-        extra={"method": loss_method},
-        frozen=[teacher_net],
-        meta={"method": method, "teacher": str(teacher_path), "teacher_kind": kind},
-    )
+    for network in (student, teacher_net, loss_method):
+        runtime.place(network)
+    title = f"{spec.name} {method} student from {kind} teacher"
+    meta = {"method": method, "teacher": str(teacher_path), "teacher_kind": kind}
     data = build_data(
         spec.data, spec.input_size, spec.num_classes, spec.train.batch_size, runtime.device, spec.train.seed
     )
-    return fit(stage, spec, run, data, runtime, dist, resume, quiet)
+    train_phases(loss_method, student, teacher_net, spec, run, data, runtime, dist, resume, quiet, title, meta)
+    own_loss = loss_method.objective(student, teacher_net)
+    stage = Stage(
+        kind="distill",
+        title=title,
+        model=student,
+        evaluator=student,
+        loss=own_loss if own_loss is not None else distill_loss(student, teacher_net, loss_method),
+        kl_term="kd",
+        extra={"method": loss_method},
+        frozen=[teacher_net],
+        meta=meta,
+    )
+    return fit(stage, spec, run, data, runtime, dist, resume and run.last.is_file(), quiet)
 
 
 def distill_loss(student: BlockNet, teacher: BlockNet, method: DistillMethod) -> LossFn:
@@ -129,7 +136,7 @@ def _check_same_teacher(spec: Spec, checkpoint: dict[str, Any], path: Path) -> N
         )
 
 
-def _check_resumed_teacher(last: Path, teacher_path: Path) -> None:
-    previous = Path(load_checkpoint(last)["meta"]["teacher"])
+def _check_resumed_teacher(run: RunDir, teacher_path: Path) -> None:
+    previous = Path(load_checkpoint(run.checkpoints()[-1])["meta"]["teacher"])
     if previous.resolve() != teacher_path.resolve():
-        raise SplicerError(f"--resume: {last.parent} was distilled from {previous}; pass --teacher {previous}")
+        raise SplicerError(f"--resume: {run.path} was distilled from {previous}; pass --teacher {previous}")

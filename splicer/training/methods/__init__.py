@@ -22,15 +22,17 @@ computes it, so kd_weight multiplies T^2 * KL. The benchmark is the CIFAR-100 co
 
 from __future__ import annotations
 
-from splicer.training.methods import at, fitnets, kd  # noqa: F401  (each registers its method)
+from splicer.training.methods import at, fitnets, ft, kd, sskd  # noqa: F401  (each registers its method)
 from splicer.training.methods.base import (
     METHODS,
     DistillMethod,
     FeatureMethod,
     MethodOptions,
+    Phase,
     Shape,
     create_method,
     kd_loss,
+    phase_epochs,
     register_method,
     resize_to,
 )
@@ -40,9 +42,11 @@ __all__ = [
     "DistillMethod",
     "FeatureMethod",
     "MethodOptions",
+    "Phase",
     "Shape",
     "create_method",
     "kd_loss",
+    "phase_epochs",
     "register_method",
     "resize_to",
 ]

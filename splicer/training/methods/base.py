@@ -8,12 +8,17 @@ the method, the field and the valid fields.
 
 The caller computes the teacher's logits and features under ``torch.no_grad``; no method
 needs gradients through the teacher.
+
+A method may also declare :class:`Phase` s, trainings that run before the main distillation
+(FT's paraphraser, SSKD's teacher head), and may replace the generic CE + KD + feature
+objective with its own (:meth:`DistillMethod.objective`, SSKD).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +28,10 @@ from torch import Tensor, nn
 from splicer.errors import SplicerError, did_you_mean
 from splicer.spec.schema import DistillSpec
 from splicer.training.losses import softened_kl
+
+if TYPE_CHECKING:
+    from splicer.assembly.modules import BlockNet
+    from splicer.training.engine import LossFn
 
 Shape = tuple[int, int, int]
 """(C, H, W) of one block output."""
@@ -40,6 +49,37 @@ def register_method(name: str) -> Callable[[type[DistillMethod]], type[DistillMe
         return cls
 
     return register
+
+
+@dataclass
+class Phase:
+    """A training a method runs before its main distillation, in ``RUN/phases/<name>``.
+
+    It trains only the parameters of ``trains`` (in train mode), with SGD at ``lr`` (momentum
+    and weight decay from ``train``), the rate multiplied by ``train.gamma`` at each of
+    ``milestones``; the student, the teacher and the rest of the method stay frozen and in eval
+    mode. ``loss`` is called like a stage's loss, ``(images, labels) -> (terms with "total",
+    logits or None)``, and must build any teacher or student output it needs itself. A phase
+    has its own metrics, checkpoints and summary, and ``--resume`` continues it exactly.
+    """
+
+    name: str  # folder name and title: lower-case letters, digits, '-' and '_'
+    epochs: int
+    trains: dict[str, nn.Module]
+    loss: LossFn
+    lr: float
+    milestones: list[int] = field(default_factory=list)
+
+
+def phase_epochs(chosen: int | None, authors_epochs: int, authors_main_epochs: int, main_epochs: int) -> int:
+    """The epochs of a phase: the user's number, or the authors' share of the main schedule.
+
+    The share keeps a phase in proportion when a run is shortened (a 240-epoch benchmark
+    with a 30-epoch phase gives a 1-epoch phase to an 8-epoch test run); at least one epoch.
+    """
+    if chosen is not None:
+        return chosen
+    return max(1, round(main_epochs * authors_epochs / authors_main_epochs))
 
 
 class MethodOptions(BaseModel):
@@ -129,6 +169,19 @@ class DistillMethod(nn.Module):
     def feature_terms(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> dict[str, Tensor]:
         """Weighted terms beyond CE and KD; none for a pure-logit method."""
         return {}
+
+    def phases(self, student: BlockNet, teacher: BlockNet, main_epochs: int) -> list[Phase]:
+        """The phases to train, in order, before the main distillation of ``main_epochs`` epochs; none by default.
+
+        Called once the networks and this method are on their device; must not draw random numbers.
+        Parameters a phase trains that the main distillation must leave alone are frozen
+        (``requires_grad_(False)``) when the method is built: a phase unfreezes what it trains.
+        """
+        return []
+
+    def objective(self, student: BlockNet, teacher: BlockNet) -> LossFn | None:
+        """The main distillation's loss when this method has its own (SSKD's rotations); None: the generic one."""
+        return None
 
 
 class FeatureMethod(DistillMethod):
