@@ -111,6 +111,7 @@ class Stage:
     extra: dict[str, nn.Module] = field(default_factory=dict)  # trained with the model (FitNets' regressor)
     frozen: list[nn.Module] = field(default_factory=list)  # never trained, always in eval mode (the teacher)
     meta: dict[str, Any] = field(default_factory=dict)  # stored in every checkpoint
+    lr_setting: str = "train.lr (--lr)"  # where the user sets the learning rate, named when the loss diverges
 
     def trained(self) -> list[nn.Module]:
         return [self.model, *self.extra.values()]
@@ -265,7 +266,7 @@ def _diverged_message(stage: Stage, epoch: int, step: int, steps: int, bad_terms
         kept = f"the last good checkpoint, {run.last}, is kept unchanged"
     else:
         kept = "no checkpoint had been written yet"
-    return f"{where}. Training stopped; {kept}. Try a lower train.lr (--lr), or check the data and loss weights."
+    return f"{where}. Training stopped; {kept}. Try a lower {stage.lr_setting}, or check the data and loss weights."
 
 
 def _payload(

@@ -61,8 +61,9 @@ def train_phases(
             evaluator=None,
             loss=phase.loss,
             meta={**meta, "phase": phase.name},
+            lr_setting=phase.lr_setting,
         )
-        with _training_only(phase, [student, teacher, method]):
+        with phase_training(phase, [student, teacher, method]):
             summaries.append(
                 fit(stage, phase_spec(spec, phase), phase_run, data, runtime, dist, resume and phase_run.last.is_file(), quiet)
             )
@@ -76,15 +77,16 @@ def phase_spec(spec: Spec, phase: Phase) -> Spec:
 
 
 @contextmanager
-def _training_only(phase: Phase, networks: list[nn.Module]) -> Iterator[None]:
-    """Within: every parameter of ``networks`` frozen and in eval mode except those the phase trains
-    (``fit`` puts these in train mode); afterwards each parameter's ``requires_grad`` is restored."""
+def phase_training(phase: Phase, networks: list[nn.Module]) -> Iterator[None]:
+    """Within: all of ``networks`` frozen and in eval mode except the modules the phase trains;
+    afterwards each parameter's ``requires_grad`` is restored (modes are the next stage's to set)."""
     parameters = [p for network in networks for p in network.parameters()]
     flags = [p.requires_grad for p in parameters]
     for network in networks:
         network.eval()
         network.requires_grad_(False)
     for module in phase.trains.values():
+        module.train()
         module.requires_grad_(True)
     try:
         yield

@@ -56,8 +56,8 @@ class Phase:
     """A training a method runs before its main distillation, in ``RUN/phases/<name>``.
 
     It trains only the parameters of ``trains`` (in train mode), with SGD at ``lr`` (momentum
-    and weight decay from ``train``), the rate multiplied by ``train.gamma`` at each of
-    ``milestones``; the student, the teacher and the rest of the method stay frozen and in eval
+    and weight decay from ``train``; ``lr_setting`` names the spec field that sets it), the
+    rate multiplied by ``train.gamma`` at each of ``milestones``; the student, the teacher and the rest of the method stay frozen and in eval
     mode. ``loss`` is called like a stage's loss, ``(images, labels) -> (terms with "total",
     logits or None)``, and must build any teacher or student output it needs itself. A phase
     has its own metrics, checkpoints and summary, and ``--resume`` continues it exactly.
@@ -68,6 +68,7 @@ class Phase:
     trains: dict[str, nn.Module]
     loss: LossFn
     lr: float
+    lr_setting: str  # e.g. "distill.options.ft.paraphraser_lr"
     milestones: list[int] = field(default_factory=list)
 
 

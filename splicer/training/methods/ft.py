@@ -158,5 +158,6 @@ class FT(FeatureMethod):
                 trains={"paraphraser": self.paraphraser},
                 loss=reconstruction,
                 lr=self.options.paraphraser_lr,
+                lr_setting="distill.options.ft.paraphraser_lr",
             )
         ]

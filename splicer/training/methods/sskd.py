@@ -206,6 +206,7 @@ class SSKD(DistillMethod):
                 trains={"teacher_head": self.teacher_head},
                 loss=head_loss,
                 lr=self.options.head_lr,
+                lr_setting="distill.options.sskd.head_lr",
                 milestones=milestones,
             )
         ]
