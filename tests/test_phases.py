@@ -39,8 +39,8 @@ def phase_spec(**train: object) -> dict:
     }
     return toy_spec(
         student=dropout_student,
-        data={"dataset": "synthetic", "synthetic_train": 128, "synthetic_test": 64},
-        train={"epochs": 2, "batch_size": 32, "lr": 0.05, "milestones": [1], "device": "cpu", **train},
+        data={"dataset": "synthetic", "synthetic_train": 64, "synthetic_test": 32},
+        train={"epochs": 2, "batch_size": 16, "lr": 0.05, "milestones": [1], "device": "cpu", **train},
         distill={"options": OPTIONS},
     )
 
@@ -117,8 +117,8 @@ class Interrupted(Exception):
     """Stands for a crash or a kill while a run trains."""
 
 
-def interrupt_at_checkpoint(monkeypatch: pytest.MonkeyPatch, number: int) -> None:
-    """Make the ``number``-th checkpoint write of the process fail, before anything is written."""
+def interrupt_at_checkpoint(monkeypatch: pytest.MonkeyPatch, number: int | None) -> list[Path]:
+    """Make the ``number``-th checkpoint write fail, before anything is written; returns the list of writes."""
     real, calls = engine.save_atomic, []
 
     def save(payload: dict, path: Path) -> None:
@@ -128,6 +128,7 @@ def interrupt_at_checkpoint(monkeypatch: pytest.MonkeyPatch, number: int) -> Non
         real(payload, path)
 
     monkeypatch.setattr(engine, "save_atomic", save)
+    return calls
 
 
 def flatten(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -169,9 +170,10 @@ def uninterrupted(resume_spec, teacher: Path, tmp_path_factory: pytest.TempPathF
     return {method: root / method for method in PHASES}
 
 
-@pytest.mark.parametrize("method", ["ft", "sskd"])
 @pytest.mark.parametrize(
-    "failing_write", [2, 3, 4], ids=["inside-the-phase", "between-phase-and-main", "inside-the-main-run"]
+    ("method", "failing_write"),
+    [("ft", 2), ("sskd", 2), ("ft", 3), ("sskd", 4)],
+    ids=["ft-inside-the-phase", "sskd-inside-the-phase", "ft-between-phase-and-main", "sskd-inside-the-main-run"],
 )
 def test_resume_after_an_interruption_anywhere_equals_an_uninterrupted_run(
     resume_spec, teacher: Path, uninterrupted: dict[str, Path], tmp_path: Path,
@@ -186,7 +188,10 @@ def test_resume_after_an_interruption_anywhere_equals_an_uninterrupted_run(
     assert torch.load(out / phase / "last.pt", weights_only=True)["epoch"] == min(failing_write - 1, 2)
     assert (out / "last.pt").is_file() == (failing_write == 4)
 
-    distill(resume_spec, teacher, method, out=out, resume=True, quiet=True)
+    with monkeypatch.context() as patch:
+        writes = interrupt_at_checkpoint(patch, None)
+        distill(resume_spec, teacher, method, out=out, resume=True, quiet=True)
+    assert len(writes) == 5 - failing_write  # only the epochs not yet checkpointed are trained again
     straight = uninterrupted[method]
     for folder in (phase, Path(".")):
         assert_same_checkpoint(straight / folder / "last.pt", out / folder / "last.pt")
