@@ -83,7 +83,7 @@ def distill(
         typer.Option("--teacher", help="Teacher run folder (uses its last.pt) or checkpoint file.", show_default=False),
     ],
     method: Annotated[
-        str, typer.Option("--method", help="Distillation method: kd, fitnets or at.", show_default=False)
+        str, typer.Option("--method", help="Distillation method, e.g. kd, fitnets, at, ft, sskd.", show_default=False)
     ],
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,

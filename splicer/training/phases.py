@@ -63,16 +63,16 @@ def train_phases(
             meta={**meta, "phase": phase.name},
             lr_setting=phase.lr_setting,
         )
+        resume_phase = resume and phase_run.last.is_file()
         with phase_training(phase, [student, teacher, method]):
-            summaries.append(
-                fit(stage, phase_spec(spec, phase), phase_run, data, runtime, dist, resume and phase_run.last.is_file(), quiet)
-            )
+            summaries.append(fit(stage, phase_spec(spec, phase), phase_run, data, runtime, dist, resume_phase, quiet))
     return summaries
 
 
 def phase_spec(spec: Spec, phase: Phase) -> Spec:
     """``spec`` with the phase's schedule as its training recipe (stored in the phase's spec.yaml)."""
-    recipe = spec.train.model_copy(update={"epochs": phase.epochs, "lr": phase.lr, "milestones": list(phase.milestones)})
+    schedule = {"epochs": phase.epochs, "lr": phase.lr, "milestones": list(phase.milestones)}
+    recipe = spec.train.model_copy(update=schedule)
     return spec.model_copy(update={"train": recipe})
 
 

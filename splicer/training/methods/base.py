@@ -57,10 +57,11 @@ class Phase:
 
     It trains only the parameters of ``trains`` (in train mode), with SGD at ``lr`` (momentum
     and weight decay from ``train``; ``lr_setting`` names the spec field that sets it), the
-    rate multiplied by ``train.gamma`` at each of ``milestones``; the student, the teacher and the rest of the method stay frozen and in eval
-    mode. ``loss`` is called like a stage's loss, ``(images, labels) -> (terms with "total",
-    logits or None)``, and must build any teacher or student output it needs itself. A phase
-    has its own metrics, checkpoints and summary, and ``--resume`` continues it exactly.
+    rate multiplied by ``train.gamma`` at each of ``milestones``; the student, the teacher and
+    the rest of the method stay frozen and in eval mode. ``loss`` is called like a stage's
+    loss, ``(images, labels) -> (terms with "total", logits or None)``, and builds whatever
+    teacher or student outputs it needs itself. A phase has its own metrics, checkpoints and
+    summary, and ``--resume`` continues it exactly.
     """
 
     name: str  # folder name and title: lower-case letters, digits, '-' and '_'
