@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from splicer.assembly.modules import BlockNet
 from splicer.data import DataBundle
 from splicer.errors import SplicerError
 from splicer.spec import Spec
@@ -31,8 +32,8 @@ _NAME = re.compile(r"^[a-z0-9_-]+$")
 
 def train_phases(
     method: DistillMethod,
-    student: nn.Module,
-    teacher: nn.Module,
+    student: BlockNet,
+    teacher: BlockNet,
     spec: Spec,
     run: RunDir,
     data: DataBundle,
@@ -42,15 +43,14 @@ def train_phases(
     quiet: bool,
     title: str,
     meta: dict[str, Any],
-) -> list[dict[str, Any]]:
-    """Train the method's phases in ``run/phases/<name>``; returns their summaries (none once the main run started).
+) -> None:
+    """Train the method's phases, in order, each in ``run/phases/<name>``.
 
     With ``resume`` and a main checkpoint, the phases are done: that checkpoint holds
     everything they trained, so they are neither rerun nor reloaded.
     """
     if resume and run.last.is_file():
-        return []
-    summaries = []
+        return
     for phase in method.phases(student, teacher, spec.train.epochs):
         _check(phase, method)
         phase_run = run.phase(phase.name)
@@ -65,8 +65,7 @@ def train_phases(
         )
         resume_phase = resume and phase_run.last.is_file()
         with phase_training(phase, [student, teacher, method]):
-            summaries.append(fit(stage, phase_spec(spec, phase), phase_run, data, runtime, dist, resume_phase, quiet))
-    return summaries
+            fit(stage, phase_spec(spec, phase), phase_run, data, runtime, dist, resume_phase, quiet)
 
 
 def phase_spec(spec: Spec, phase: Phase) -> Spec:

@@ -138,7 +138,8 @@ class FT(FeatureMethod):
         self.translator = Translator(student_shapes[-1][0], factor_channels)
 
     def feature_loss(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> Tensor:
-        return factor_loss(self.translator(student_features[-1]), self.paraphraser.encoder(teacher_features[-1]))
+        student_factor = self.translator(student_features[-1]).float()
+        return factor_loss(student_factor, self.paraphraser.encoder(teacher_features[-1]).float())
 
     def phases(self, student: BlockNet, teacher: BlockNet, main_epochs: int) -> list[Phase]:
         def reconstruction(images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], None]:

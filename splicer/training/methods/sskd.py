@@ -69,7 +69,7 @@ class ProjectionHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
 
     def forward(self, feature: Tensor) -> Tensor:
-        return self.mlp(F.adaptive_avg_pool2d(feature, 1).flatten(1).float())
+        return self.mlp(F.adaptive_avg_pool2d(feature, 1).flatten(1))
 
 
 def rotated(images: Tensor) -> Tensor:
@@ -84,9 +84,11 @@ def rotated(images: Tensor) -> Tensor:
 
 
 def similarity(representations: Tensor, batch: int) -> Tensor:
-    """Cosine similarity of each rotated copy (rows) with each unrotated image (columns): (3B, B)."""
-    originals, copies = representations[:batch], representations[batch:]
-    return F.normalize(copies, dim=1) @ F.normalize(originals, dim=1).T
+    """Cosine similarity of each rotated copy (rows) with each unrotated image (columns): (3B, B), in fp32
+    even under bf16 autocast, since the similarity temperature (0.5) sharpens rounding errors."""
+    with torch.autocast(representations.device.type, enabled=False):
+        representations = F.normalize(representations.float(), dim=1)
+        return representations[batch:] @ representations[:batch].T
 
 
 def source_of_copies(batch: int, device: torch.device) -> Tensor:
