@@ -26,9 +26,6 @@ runner = CliRunner()
 PHASES = {"ft": "paraphraser", "sskd": "teacher-head"}
 MAIN_TERMS = {"ft": {"ce", "kd", "feature"}, "sskd": {"ce", "kd", "tf", "ss"}}
 PHASE_TERMS = {"ft": {"reconstruction"}, "sskd": {"similarity_ce"}}
-# The toy teacher's last block output is large (mean square in the hundreds), so the
-# paraphraser needs a lower rate than the benchmark's 0.01 for CIFAR features.
-OPTIONS = {"ft": {"paraphraser_lr": 1e-4}}
 
 
 def phase_spec(**train: object) -> dict:
@@ -41,7 +38,6 @@ def phase_spec(**train: object) -> dict:
         student=dropout_student,
         data={"dataset": "synthetic", "synthetic_train": 64, "synthetic_test": 32},
         train={"epochs": 2, "batch_size": 16, "lr": 0.05, "milestones": [1], "device": "cpu", **train},
-        distill={"options": OPTIONS},
     )
 
 
@@ -91,7 +87,7 @@ def test_distill_trains_the_phase_then_the_student_in_one_run_folder(
     assert set(phase_records[0]["terms"]) == PHASE_TERMS[method]
     assert phase_records[0]["train_acc"] is None and phase_records[0]["eval_top1"] is None
     phase_recipe = yaml.safe_load((phase / "spec.yaml").read_text())["train"]
-    assert phase_recipe["epochs"] == 1 and phase_recipe["lr"] == (1e-4 if method == "ft" else 0.05)
+    assert phase_recipe["epochs"] == 1 and phase_recipe["lr"] == (0.01 if method == "ft" else 0.05)
     phase_summary = json.loads((phase / "summary.json").read_text())
     assert phase_summary["kind"] == "phase" and phase_summary["meta"]["phase"] == PHASES[method]
 
@@ -158,7 +154,7 @@ def assert_same_checkpoint(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def resume_spec():
     # Phase of 2 epochs, main run of 2: checkpoint writes 1-2 are the phase's, 3-4 the main run's.
-    options = {"ft": {**OPTIONS["ft"], "paraphraser_epochs": 2}, "sskd": {"head_epochs": 2}}
+    options = {"ft": {"paraphraser_epochs": 2}, "sskd": {"head_epochs": 2}}
     return spec_from_dict({**phase_spec(), "distill": {"options": options}})
 
 
@@ -219,3 +215,15 @@ def test_a_run_with_only_a_phase_checkpoint_is_resumed_not_overwritten(
         ["distill", str(spec_file), "--teacher", str(other_teacher), "--method", "sskd", "--out", str(out), "--resume"],
     )
     assert wrong.exit_code == 2 and "was distilled from" in wrong.output
+
+
+def test_a_diverging_phase_names_the_setting_of_its_learning_rate(spec_file: Path, teacher: Path, tmp_path: Path):
+    result = runner.invoke(
+        app,
+        ["distill", str(spec_file), "--teacher", str(teacher), "--method", "ft", "--out", str(tmp_path / "run"),
+         "--set", "distill.options.ft.paraphraser_lr=1e12", "-q"],
+    )
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "paraphraser phase: the loss became NaN/inf" in message
+    assert "Try a lower distill.options.ft.paraphraser_lr" in message
