@@ -76,24 +76,23 @@ def distill(
     loss_method = create_method(method, spec.distill, block_shapes(teacher_net, spec), block_shapes(student, spec))
     for network in (student, teacher_net, loss_method):
         runtime.place(network)
-    title = f"{spec.name} {method} student from {kind} teacher"
-    meta = {"method": method, "teacher": str(teacher_path), "teacher_kind": kind}
-    data = build_data(
-        spec.data, spec.input_size, spec.num_classes, spec.train.batch_size, runtime.device, spec.train.seed
-    )
-    train_phases(loss_method, student, teacher_net, spec, run, data, runtime, dist, resume, quiet, title, meta)
     own_loss = loss_method.objective(student, teacher_net)
     stage = Stage(
         kind="distill",
-        title=title,
+        title=f"{spec.name} {method} student from {kind} teacher",
         model=student,
         evaluator=student,
         loss=own_loss if own_loss is not None else distill_loss(student, teacher_net, loss_method),
         kl_term="kd",
         extra={"method": loss_method},
         frozen=[teacher_net],
-        meta=meta,
+        meta={"method": method, "teacher": str(teacher_path), "teacher_kind": kind},
     )
+    data = build_data(
+        spec.data, spec.input_size, spec.num_classes, spec.train.batch_size, runtime.device, spec.train.seed
+    )
+    title, meta = stage.title, stage.meta
+    train_phases(loss_method, student, teacher_net, spec, run, data, runtime, dist, resume, quiet, title, meta)
     return fit(stage, spec, run, data, runtime, dist, resume and run.last.is_file(), quiet)
 
 
