@@ -123,9 +123,9 @@ def pair() -> tuple[BlockNet, BlockNet]:
     return toy_blocknet([2, 6], seed=1), teacher
 
 
-def grads_of(*modules: nn.Module) -> dict[str, bool]:
-    """Per named module, whether any of its parameters received a gradient."""
-    return {name: any(p.grad is not None for p in module.parameters()) for name, module in zip("abcdefgh", modules)}
+def any_gradient(*modules: nn.Module) -> bool:
+    """Whether any parameter of these modules received a gradient."""
+    return any(p.grad is not None for module in modules for p in module.parameters())
 
 
 def test_ft_paraphraser_phase_reconstructs_the_teacher_feature_and_trains_only_the_paraphraser():
@@ -152,7 +152,7 @@ def test_ft_paraphraser_phase_reconstructs_the_teacher_feature_and_trains_only_t
     assert logits is None
     assert terms["reconstruction"].item() == pytest.approx(sum(squares) / len(squares), rel=1e-5)
     assert all(p.grad is not None for p in method.paraphraser.parameters())
-    assert not any(grads_of(student, teacher, method.translator).values())
+    assert not any_gradient(student, teacher, method.translator)
     # afterwards the paraphraser is frozen again for the main distillation
     assert not any(p.requires_grad for p in method.paraphraser.parameters())
     assert all(p.requires_grad for p in student.parameters())
@@ -165,7 +165,7 @@ def test_ft_main_loss_trains_the_student_and_translator_never_the_teacher_or_par
     terms, _ = distill_loss(student, teacher, method)(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]))
     terms["total"].backward()
     assert all(p.grad is not None for p in [*student.parameters(), *method.translator.parameters()])
-    assert not any(grads_of(teacher, method.paraphraser).values())
+    assert not any_gradient(teacher, method.paraphraser)
 
 
 # ---------------------------------------------------------------- SSKD
@@ -282,7 +282,7 @@ def test_sskd_head_phase_is_the_similarity_cross_entropy_and_trains_only_the_tea
     assert logits is None
     assert terms["similarity_ce"].item() == pytest.approx(expected, rel=1e-5)
     assert all(p.grad is not None for p in method.teacher_head.parameters())
-    assert not any(grads_of(student, teacher, method.student_head).values())
+    assert not any_gradient(student, teacher, method.student_head)
     assert not any(p.requires_grad for p in method.teacher_head.parameters())
 
 
@@ -296,7 +296,7 @@ def test_sskd_main_objective_trains_the_student_and_its_head_only():
     assert logits.shape == (3, 3)  # the unrotated images only, scored against the labels
     terms["total"].backward()
     assert all(p.grad is not None for p in [*student.parameters(), *method.student_head.parameters()])
-    assert not any(grads_of(teacher, method.teacher_head).values())
+    assert not any_gradient(teacher, method.teacher_head)
     # the objective is the terms of the rotated batch's outputs
     student.eval()
     with torch.no_grad():

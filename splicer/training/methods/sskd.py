@@ -113,7 +113,9 @@ def kept_rows(teacher_scores: Tensor, targets: Tensor, ratio: float) -> Tensor:
 def selected_kl(teacher_logits: Tensor, student_logits: Tensor, tau: float, mask: Tensor) -> Tensor:
     """tau^2 * KL(softmax(t/tau) || softmax(s/tau)) summed over classes, averaged over the kept rows."""
     rows = F.kl_div(
-        F.log_softmax(student_logits / tau, dim=1), F.log_softmax(teacher_logits / tau, dim=1), log_target=True,
+        F.log_softmax(student_logits / tau, dim=1),
+        F.log_softmax(teacher_logits / tau, dim=1),
+        log_target=True,
         reduction="none",
     ).sum(dim=1)
     return tau**2 * (rows * mask).sum() / mask.sum().clamp(min=1)
@@ -123,7 +125,6 @@ def selected_kl(teacher_logits: Tensor, student_logits: Tensor, tau: float, mask
 class SSKD(DistillMethod):
     """SSKD's own objective (CE, KD, transformation KD, similarity KD) after the teacher-head phase."""
 
-    needs_features = True
     Options = SSKDOptions
 
     def __init__(
