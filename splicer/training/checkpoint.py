@@ -26,6 +26,8 @@ FORMAT = 1
 
 TEACHER_KINDS = ("sftn", "standard")
 STUDENT_KINDS = ("student", "distill")
+PHASE_KIND = "phase"
+"""A method's phase before the main distillation (``RUN/phases/<name>``); it holds no whole network."""
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
@@ -114,6 +116,11 @@ def network_from_checkpoint(checkpoint: dict[str, Any], path: Path, spec: Spec |
     if spec is None:
         spec = spec_from_dict(checkpoint["spec"], source=f"{path} (spec)")
     kind = checkpoint["kind"]
+    if kind == PHASE_KIND:
+        raise SplicerError(
+            f"{path}: this is the {checkpoint['meta'].get('phase')!r} phase of a {checkpoint['meta'].get('method')} "
+            f"distillation, which trains only the method's own modules; use the run folder that holds its phases/"
+        )
     with torch.random.fork_rng(devices=[]):
         if kind in TEACHER_KINDS:
             network, state = build(spec).teacher, teacher_state(checkpoint)

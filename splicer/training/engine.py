@@ -33,8 +33,9 @@ from splicer.training.runs import RunDir
 SYNC_EVERY = 10
 """Steps between host-device synchronisations (progress numbers, divergence check)."""
 
-LossFn = Callable[..., tuple[dict[str, Tensor], Tensor]]
-"""(images, labels[, sample indices]) -> (loss terms including "total", logits scored for train accuracy).
+LossFn = Callable[..., tuple[dict[str, Tensor], Tensor | None]]
+"""(images, labels[, sample indices]) -> (loss terms including "total", logits scored for train accuracy,
+or None when what is trained has no class logits, e.g. a method's paraphraser).
 
 The sample indices come only from a training stream that was asked for them (``indexed``)."""
 
@@ -118,13 +119,14 @@ class Stage:
     kind: str  # checkpoint kind: sftn | standard | student | distill
     title: str  # names the run in progress lines and plots
     model: nn.Module  # trained; checkpoint["model"]
-    evaluator: nn.Module  # images -> logits, scored top-1/top-5 on the eval split
+    evaluator: nn.Module | None  # images -> logits, scored top-1/top-5 on the eval split; None: nothing to score
     loss: LossFn
     kl_term: str | None = None  # the term plotted as "KL" (figure 5)
     extra: dict[str, nn.Module] = field(default_factory=dict)  # trained with the model (FitNets' regressor)
     frozen: list[nn.Module] = field(default_factory=list)  # never trained, always in eval mode (the teacher)
     meta: dict[str, Any] = field(default_factory=dict)  # stored in every checkpoint
     epoch_hooks: list[Callable[[int], None]] = field(default_factory=list)  # told each epoch (0-based) before it runs
+    lr_setting: str = "train.lr (--lr)"  # where the user sets the learning rate, named when the loss diverges
 
     def trained(self) -> list[nn.Module]:
         return [self.model, *self.extra.values()]
@@ -170,7 +172,7 @@ def training_step(stage: Stage, recipe: TrainSpec, runtime: Runtime, dist: Distr
 @dataclass
 class _EpochStats:
     terms: dict[str, float]
-    train_acc: float
+    train_acc: float | None
     images: int
     steps: int
     seconds: float
@@ -229,7 +231,7 @@ def fit(
             compile_seconds = stats.first_step_seconds
             logger.info(f"{stage.title}: torch.compile: the first step (compilation) took {compile_seconds:.1f} s")
         top1 = top5 = None
-        if (epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs:
+        if stage.evaluator is not None and ((epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs):
             top1, top5 = accuracy(stage.evaluator, data.eval, runtime, dist)
         scheduler.step()
         improved = top1 is not None and (best["top1"] is None or top1 > best["top1"])
@@ -281,6 +283,7 @@ def _train_epoch(
     names: list[str] = []
     sums = torch.zeros(0, device=device)
     correct = torch.zeros((), dtype=torch.float64, device=device)
+    scored = False
     first_bad = torch.full((), -1.0, dtype=torch.float64, device=device)
     images = 0
     host: list[float] = []
@@ -300,7 +303,9 @@ def _train_epoch(
             sums = torch.zeros(len(names), device=device)
         values = torch.stack([terms[name].detach().float() for name in names])
         sums += values
-        correct += (logits.detach().argmax(1) == labels).sum()
+        if logits is not None:
+            correct += (logits.detach().argmax(1) == labels).sum()
+            scored = True
         first_bad.masked_fill_((first_bad < 0) & ~torch.isfinite(values[0]), step)
         images += len(labels)
         progress.advance()
@@ -317,12 +322,12 @@ def _train_epoch(
                 ]
                 raise TrainingDiverged(_diverged_message(stage, epoch, int(steps - earliest), steps, bad, run))
             seen = host[-1]
-            progress.show(
-                host[0] / ((step + 1) * dist.world_size), 100 * host[-2] / seen, seen / (time.perf_counter() - started)
-            )
+            acc = 100 * host[-2] / seen if scored else None
+            progress.show(host[0] / ((step + 1) * dist.world_size), acc, seen / (time.perf_counter() - started))
     seconds = time.perf_counter() - started
     means = {name: value / (steps * dist.world_size) for name, value in zip(names, host[: len(names)], strict=True)}
-    return _EpochStats(means, 100 * host[-2] / host[-1], int(host[-1]), steps, seconds, first_step_seconds)
+    train_acc = 100 * host[-2] / host[-1] if scored else None
+    return _EpochStats(means, train_acc, int(host[-1]), steps, seconds, first_step_seconds)
 
 
 def _diverged_message(stage: Stage, epoch: int, step: int, steps: int, bad_terms: list[str], run: RunDir) -> str:
@@ -333,7 +338,7 @@ def _diverged_message(stage: Stage, epoch: int, step: int, steps: int, bad_terms
         kept = f"the last good checkpoint, {run.last}, is kept unchanged"
     else:
         kept = "no checkpoint had been written yet"
-    return f"{where}. Training stopped; {kept}. Try a lower train.lr (--lr), or check the data and loss weights."
+    return f"{where}. Training stopped; {kept}. Try a lower {stage.lr_setting}, or check the data and loss weights."
 
 
 def _payload(

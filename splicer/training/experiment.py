@@ -165,8 +165,8 @@ def _finished(folder: Path, spec: Spec, resume: bool) -> dict[str, Any] | None:
 
 
 def _resumable(folder: Path, resume: bool) -> bool:
-    """Resume a run that was interrupted (or is to run longer); start the others afresh."""
-    return resume and RunDir(folder).last.is_file()
+    """Resume a run that was interrupted (in a method's phase too) or is to run longer; start the others afresh."""
+    return resume and RunDir(folder).started
 
 
 def _similarity(runtime: Runtime, data: DataBundle, teacher: Path, student: Path) -> dict[str, float]:

@@ -30,9 +30,10 @@ class EpochProgress:
         if self._progress is not None:
             self._progress.advance(self._task, steps)
 
-    def show(self, loss: float, acc: float, img_per_s: float) -> None:
+    def show(self, loss: float, acc: float | None, img_per_s: float) -> None:
         if self._progress is not None:
-            stats = f"loss {loss:.4f}  acc {acc:5.1f}%  {img_per_s:,.0f} img/s"
+            accuracy = f"  acc {acc:5.1f}%" if acc is not None else ""
+            stats = f"loss {loss:.4f}{accuracy}  {img_per_s:,.0f} img/s"
             self._progress.update(self._task, stats=stats)
 
 
@@ -101,10 +102,9 @@ class RunLogger:
             handle.write(json.dumps(record) + "\n")
         if self.quiet:
             return
-        line = (
-            f"{self.title} epoch {record['epoch']}/{epochs}  lr {record['lr']:.4g}  loss {record['loss']:.4f}  "
-            f"train acc {record['train_acc']:.2f}%"
-        )
+        line = f"{self.title} epoch {record['epoch']}/{epochs}  lr {record['lr']:.4g}  loss {record['loss']:.4f}"
+        if record["train_acc"] is not None:
+            line += f"  train acc {record['train_acc']:.2f}%"
         if record.get("eval_top1") is not None:
             line += f"  {eval_name} top-1 {record['eval_top1']:.2f}% top-5 {record['eval_top5']:.2f}%"
         line += f"  {record['img_per_s']:,.0f} img/s  {record['seconds']:.1f}s"

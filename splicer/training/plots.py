@@ -53,7 +53,8 @@ def curves_figure(records: list[dict[str, Any]], title: str, kl_term: str | None
     if kl_term:
         axes[1].plot(epochs, [r["terms"][kl_term] for r in records], color="tab:red", **marks)
         axes[1].set(title=f"KL term ({kl_term})", xlabel="epoch")
-    acc_ax.plot(epochs, [r["train_acc"] for r in records], label="train", **marks)
+    scored = [r for r in records if r["train_acc"] is not None]  # a method's phase may have no class logits
+    acc_ax.plot([r["epoch"] for r in scored], [r["train_acc"] for r in scored], label="train", **_points(len(scored)))
     evaluated = [r for r in records if r.get("eval_top1") is not None]
     eval_epochs, eval_marks = [r["epoch"] for r in evaluated], _points(len(evaluated))
     acc_ax.plot(eval_epochs, [r["eval_top1"] for r in evaluated], label="eval top-1", **eval_marks)

@@ -45,6 +45,20 @@ class RunDir:
     def summary(self) -> Path:
         return self.path / "summary.json"
 
+    def phase(self, name: str) -> RunDir:
+        """The sub-run of a method's phase that trains before the main run (``phases/<name>``)."""
+        return RunDir(self.path / "phases" / name)
+
+    def checkpoints(self) -> list[Path]:
+        """Every last.pt of this run: its own and its phases', oldest first."""
+        found = [self.last, *(self.path / "phases").glob("*/last.pt")]
+        return sorted((p for p in found if p.is_file()), key=lambda p: p.stat().st_mtime)
+
+    @property
+    def started(self) -> bool:
+        """Whether any training of this run (a phase or the main run) has written a checkpoint."""
+        return bool(self.checkpoints())
+
 
 def open_run(spec_name: str, stage: str, out: Path | None, resume: bool) -> RunDir:
     """The folder a run writes to: ``out``, the latest ``<stage>-*`` run when resuming, or a new one.
@@ -58,9 +72,9 @@ def open_run(spec_name: str, stage: str, out: Path | None, resume: bool) -> RunD
         run = _latest(spec_name, stage)
     else:
         run = RunDir(fresh_folder(RUNS_ROOT / spec_name, stage))
-    if resume and not run.last.is_file():
+    if resume and not run.started:
         raise SplicerError(f"--resume: {run.path} has no last.pt to resume from; drop --resume to start a new run")
-    if not resume and run.last.is_file():
+    if not resume and run.started:
         raise SplicerError(
             f"{run.path} already holds a run (last.pt); pass --resume to continue it, or choose another --out"
         )
@@ -80,9 +94,9 @@ def fresh_folder(parent: Path, stage: str) -> Path:
 
 def _latest(spec_name: str, stage: str) -> RunDir:
     parent = RUNS_ROOT / spec_name
-    candidates = sorted(p for p in parent.glob(f"{stage}-*") if (p / "last.pt").is_file()) if parent.is_dir() else []
+    candidates = [p for p in parent.glob(f"{stage}-*") if RunDir(p).started] if parent.is_dir() else []
     if not candidates:
         raise SplicerError(
             f"--resume: no {stage} run with a last.pt under {parent}; pass --out RUN to name the run to resume"
         )
-    return RunDir(max(candidates, key=lambda p: (p / "last.pt").stat().st_mtime))
+    return RunDir(max(candidates, key=lambda p: RunDir(p).checkpoints()[-1].stat().st_mtime))

@@ -25,7 +25,8 @@ from splicer.training.checkpoint import TEACHER_KINDS, load_checkpoint, network_
 from splicer.training.distributed import Distributed
 from splicer.training.engine import LossFn, Runtime, Stage, fit, seed_everything
 from splicer.training.methods import METHODS, DistillMethod, create_method
-from splicer.training.runs import open_run
+from splicer.training.phases import train_phases
+from splicer.training.runs import RunDir, open_run
 from splicer.training.stage1 import cross_entropy_loss
 
 
@@ -79,13 +80,16 @@ def distill(
     loss_method.prepare(teacher_net)
     run = open_run(spec.name, f"distill-{method}-{kind}", out, resume)
     if resume:
-        _check_resumed_teacher(run.last, teacher_path)
+        _check_resumed_teacher(run, teacher_path)
+    for network in (student, teacher_net, loss_method):
+        runtime.place(network)
+    own_loss = loss_method.objective(student, teacher_net)
     stage = Stage(
         kind="distill",
         title=f"{spec.name} {method} student from {kind} teacher",
-        model=runtime.place(student),
+        model=student,
         evaluator=student,
-        loss=distill_loss(student, runtime.place(teacher_net), runtime.place(loss_method)),
+        loss=own_loss if own_loss is not None else distill_loss(student, teacher_net, loss_method),
         kl_term="kd",
         extra={"method": loss_method},
         frozen=[teacher_net],
@@ -97,7 +101,9 @@ def distill(
     )
     data.train.indexed = loss_method.needs_indices
     loss_method.bind_data(data)
-    return fit(stage, spec, run, data, runtime, dist, resume, quiet)
+    title, meta = stage.title, stage.meta
+    train_phases(loss_method, student, teacher_net, spec, run, data, runtime, dist, resume, quiet, title, meta)
+    return fit(stage, spec, run, data, runtime, dist, resume and run.last.is_file(), quiet)
 
 
 def distill_loss(student: TappedBlockNet, teacher: TappedBlockNet, method: DistillMethod) -> LossFn:
@@ -147,7 +153,7 @@ def _check_same_teacher(spec: Spec, checkpoint: dict[str, Any], path: Path) -> N
         )
 
 
-def _check_resumed_teacher(last: Path, teacher_path: Path) -> None:
-    previous = Path(load_checkpoint(last)["meta"]["teacher"])
+def _check_resumed_teacher(run: RunDir, teacher_path: Path) -> None:
+    previous = Path(load_checkpoint(run.checkpoints()[-1])["meta"]["teacher"])
     if previous.resolve() != teacher_path.resolve():
-        raise SplicerError(f"--resume: {last.parent} was distilled from {previous}; pass --teacher {previous}")
+        raise SplicerError(f"--resume: {run.path} was distilled from {previous}; pass --teacher {previous}")

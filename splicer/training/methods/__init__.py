@@ -10,7 +10,7 @@ DKD has its own objective (``ce_weight * CE + warm-up * (alpha * TCKD + beta * N
 weights in ``distill.options.dkd``). Defaults, and where they come from ("benchmark" is the
 CIFAR-100 code of CRD, Tian et al. 2020, HobbitLong/RepDistiller, which the paper follows:
 scripts/run_cifar_distill.sh and distiller_zoo/; "mdistiller" is the DKD authors' code,
-megvii-research/mdistiller, mdistiller/engine/cfg.py):
+megvii-research/mdistiller, mdistiller/engine/cfg.py; "SSKD" is xuguodong03/SSKD):
 
 ===========  =======================================  =================  =====================  ===================
 method       what it weighs (our name)                default            authors' name          source
@@ -35,6 +35,16 @@ crd          feature_weight: NCE loss, both ways      0.8                beta (-
              options.crd.sampling                     w/o repl. <= 100k  replace=               benchmark CRD data
 oh           feature_weight: partial L2 pre-ReLU,     1/1000             (/ 1000 in script)     OH authors' CIFAR
              all N, 2^-(N-i) per block, / batch
+ft           feature_weight: factor L1, translator    200                beta (-b)              benchmark script
+             options.ft.rate (factor / teacher ch.)   0.5                k                      benchmark Paraphraser
+             options.ft.paraphraser_epochs            30/240 of main     init_epochs            benchmark
+             options.ft.paraphraser_lr                0.01               init lr                benchmark pretrain
+sskd         own objective: CE, KD on unrotated       0.1, 0.9, T 4      ce-, kd-weight, kd-T   SSKD student.py
+             options.sskd.tf_weight, tf_tau           2.7, 4             tf-weight, tf-T        SSKD student.py
+             options.sskd.ss_weight, ss_tau           10, 0.5            ss-weight, ss-T        SSKD student.py
+             options.sskd.tf_ratio, ss_ratio          1, 0.75            ratio-tf, ratio-ss     SSKD student.py
+             options.sskd.head_epochs                 60/240 of main     t-epoch                SSKD student.py
+             options.sskd.head_lr (x0.1 at 1/2, 3/4)  0.05               t-lr, t-milestones     SSKD student.py
 dkd          options.dkd.ce_weight: CE                1.0                CE_WEIGHT              mdistiller CFG.DKD
              options.dkd.alpha: TCKD                  1.0                ALPHA                  mdistiller CFG.DKD
              options.dkd.beta: NCKD                   8.0                BETA                   mdistiller CFG.DKD
@@ -58,19 +68,27 @@ ReLU instead of the block output; the compiler finds it in the traced graph
 (:mod:`splicer.trace.preactivation`), and ``prepare(teacher)`` lets a method read the
 frozen teacher (OH's margins from its BatchNorms) before training. Methods with
 ``needs_indices`` (CRD) receive each image's index in the training split.
+
+FT and SSKD train something first, with the teacher frozen (FT's paraphraser, SSKD's teacher
+head): a method declares such :class:`Phase` s, which run in the same run folder before the
+main distillation (:mod:`splicer.training.phases`). A phase's default epochs are the
+authors' share of ``train.epochs`` (:func:`phase_epochs`), so shortened runs keep the
+proportion.
 """
 
 from __future__ import annotations
 
-from splicer.training.methods import at, crd, dkd, fitnets, kd, oh, pkt, rkd, sp, vid  # noqa: F401  (each registers itself)
+from splicer.training.methods import at, crd, dkd, fitnets, ft, kd, oh, pkt, rkd, sp, sskd, vid  # noqa: F401  (each registers itself)
 from splicer.training.methods.base import (
     METHODS,
     DistillMethod,
     FeatureMethod,
     MethodOptions,
+    Phase,
     Shape,
     create_method,
     kd_loss,
+    phase_epochs,
     register_method,
     resize_to,
 )
@@ -80,9 +98,11 @@ __all__ = [
     "DistillMethod",
     "FeatureMethod",
     "MethodOptions",
+    "Phase",
     "Shape",
     "create_method",
     "kd_loss",
+    "phase_epochs",
     "register_method",
     "resize_to",
 ]

@@ -8,12 +8,17 @@ the method, the field and the valid fields.
 
 The caller computes the teacher's logits and features under ``torch.no_grad``; no method
 needs gradients through the teacher.
+
+A method may also declare :class:`Phase` s, trainings that run before the main distillation
+(FT's paraphraser, SSKD's teacher head), and may replace the generic CE + KD + feature
+objective with its own (:meth:`DistillMethod.objective`, SSKD).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -27,6 +32,8 @@ from splicer.training.losses import softened_kl
 
 if TYPE_CHECKING:
     from splicer.data import DataBundle
+    from splicer.assembly.modules import BlockNet
+    from splicer.training.engine import LossFn
 
 Shape = tuple[int, int, int]
 """(C, H, W) of one block output."""
@@ -44,6 +51,39 @@ def register_method(name: str) -> Callable[[type[DistillMethod]], type[DistillMe
         return cls
 
     return register
+
+
+@dataclass
+class Phase:
+    """A training a method runs before its main distillation, in ``RUN/phases/<name>``.
+
+    It trains only the parameters of ``trains`` (in train mode), with SGD at ``lr`` (momentum
+    and weight decay from ``train``; ``lr_setting`` names the spec field that sets it), the
+    rate multiplied by ``train.gamma`` at each of ``milestones``; the student, the teacher and
+    the rest of the method stay frozen and in eval mode. ``loss`` is called like a stage's
+    loss, ``(images, labels) -> (terms with "total", logits or None)``, and builds whatever
+    teacher or student outputs it needs itself. A phase has its own metrics, checkpoints and
+    summary, and ``--resume`` continues it exactly.
+    """
+
+    name: str  # folder name and title: lower-case letters, digits, '-' and '_'
+    epochs: int
+    trains: dict[str, nn.Module]
+    loss: LossFn
+    lr: float
+    lr_setting: str  # e.g. "distill.options.ft.paraphraser_lr"
+    milestones: list[int] = field(default_factory=list)
+
+
+def phase_epochs(chosen: int | None, authors_epochs: int, authors_main_epochs: int, main_epochs: int) -> int:
+    """The epochs of a phase: the user's number, or the authors' share of the main schedule.
+
+    The share keeps a phase in proportion when a run is shortened (a 240-epoch benchmark
+    with a 30-epoch phase gives a 1-epoch phase to an 8-epoch test run); at least one epoch.
+    """
+    if chosen is not None:
+        return chosen
+    return max(1, round(main_epochs * authors_epochs / authors_main_epochs))
 
 
 class MethodOptions(BaseModel):
@@ -152,6 +192,19 @@ class DistillMethod(nn.Module):
 
     def bind_data(self, data: DataBundle) -> None:
         """Size what depends on the training set (CRD's memory bank); called once before training or resuming."""
+
+    def phases(self, student: BlockNet, teacher: BlockNet, main_epochs: int) -> list[Phase]:
+        """The phases to train, in order, before the main distillation of ``main_epochs`` epochs; none by default.
+
+        Called once the networks and this method are on their device; must not draw random numbers.
+        Parameters a phase trains that the main distillation must leave alone are frozen
+        (``requires_grad_(False)``) when the method is built: a phase unfreezes what it trains.
+        """
+        return []
+
+    def objective(self, student: BlockNet, teacher: BlockNet) -> LossFn | None:
+        """The main distillation's loss when this method has its own (SSKD's rotations); None: the generic one."""
+        return None
 
 
 class FeatureMethod(DistillMethod):
