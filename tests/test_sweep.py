@@ -114,3 +114,14 @@ def test_a_sweep_folder_refuses_another_spec(two_values: tuple[Path, Path]):
     spec_file, out = two_values
     result = runner.invoke(app, ["run", str(spec_file), "--sweep", "loss.tau=1", "--epochs", "3", "--out", str(out), "-q"])
     assert result.exit_code == 2 and "another spec" in result.output
+
+
+def test_schedule_scale_multiplies_epochs_and_milestones():
+    from splicer.training.overrides import scale_schedule
+
+    spec = spec_from_dict(toy_spec(train={"epochs": 240, "milestones": [150, 180, 210]}))
+    longer = scale_schedule(spec, 4)
+    assert longer.train.epochs == 960 and longer.train.milestones == [600, 720, 840]
+    assert scale_schedule(spec, 0.5).train.milestones == [75, 90, 105]
+    with pytest.raises(SplicerError, match="schedule-scale"):
+        scale_schedule(spec, 0)
