@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from typer.testing import CliRunner
 
 from splicer.spec import spec_from_dict
-from splicer.training.anchors import equal_intervals, list_anchors, train_anchored_teacher
+from splicer.cli.main import app
+from splicer.training.anchors import equal_intervals, list_anchors
 from splicer.training.checkpoint import load_checkpoint
 from splicer.training.engine import Runtime
-from splicer.training.online import train_baseline
-from splicer.training.online import rco
+from splicer.training.online import rco, train_baseline
 from splicer.training.online.dml import dml_terms
 from splicer.training.online.kdcl import kdcl_terms
 from splicer.training.stage1 import train_teacher
@@ -119,8 +121,13 @@ def test_online_baselines_train_a_student_and_its_teacher_above_chance(tmp_path:
 
 @pytest.fixture(scope="module")
 def anchored(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("anchored") / "standard"
-    train_anchored_teacher(small_spec(), out, count=2, quiet=True)
+    """`splicer train --standard --anchors 2`, through the CLI."""
+    folder = tmp_path_factory.mktemp("anchored")
+    spec_file = folder / "toy.yaml"
+    spec_file.write_text(yaml.safe_dump(small_spec().model_dump(mode="json"), sort_keys=False))
+    out = folder / "standard"
+    result = CliRunner().invoke(app, ["train", str(spec_file), "--standard", "--anchors", "2", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
     return out
 
 

@@ -216,7 +216,9 @@ def run(
             show_default=False,
         ),
     ] = None,
-    probe_device: Annotated[str, typer.Option("--probe-device", help="Device of the probes: auto, cpu or cuda.")] = "auto",
+    probe_device: Annotated[
+        str, typer.Option("--probe-device", help="Device of the probes: auto, cpu or cuda.")
+    ] = "auto",
 ) -> None:
     """Train standard and SFTN teachers, the student alone and distilled from each; report them side by side."""
     from splicer.errors import SplicerError
@@ -250,8 +252,9 @@ def run(
         return
     from splicer.training.experiment import render_markdown, run_experiment
 
+    rco_anchors = anchors if "rco" in baselines else 0
     report = run_experiment(
-        resolved, method_list, seed_list, out=out, resume=resume, quiet=quiet, anchors=anchors if "rco" in baselines else 0
+        resolved, method_list, seed_list, out=out, resume=resume, quiet=quiet, anchors=rco_anchors
     )
     text = render_markdown(report)
     if baselines:
@@ -288,7 +291,8 @@ def probe(
         typer.echo(json.dumps(result, indent=2))
         return
     typer.echo(
-        f"{result['run']} ({result['kind']}{', ' + result['method'] if result['method'] else ''}, {result['network']}): "
+        f"{result['run']} ({result['kind']}{', ' + result['method'] if result['method'] else ''}, "
+        f"{result['network']}): "
         f"linear probe on {data} ({result['dataset']}, {result['num_classes']} classes, "
         f"{result['feature_dim']} features): {result['eval_split']} top-1 {result['top1']:.2f}% "
         f"(train {result['train_top1']:.2f}%)"

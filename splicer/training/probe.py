@@ -155,7 +155,12 @@ def add_transfer(report: dict[str, Any], probe: ProbeData, data_file: str, devic
         key: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "values": v}
         for key, v in scores.items()
     }
-    report["transfer"] = {"data": data_file, "dataset": probe.data.dataset, "num_classes": probe.num_classes, "rows": rows}
+    report["transfer"] = {
+        "data": data_file,
+        "dataset": probe.data.dataset,
+        "num_classes": probe.num_classes,
+        "rows": rows,
+    }
     folder = Path(report["folder"])
     if Distributed.from_env().is_main:
         (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -182,14 +187,21 @@ def render_transfer(transfer: dict[str, Any]) -> str:
         "",
         "| Teacher training method | Standard | SFTN | Δ |",
         "|:--|--:|--:|--:|",
-        f"| Teacher | {cell(rows.get('standard'))} | {cell(rows.get('sftn'))} | "
-        + (f"{rows['sftn']['mean'] - rows['standard']['mean']:+.2f} |" if "sftn" in rows and "standard" in rows else " |"),
+        f"| Teacher | {cell(rows.get('standard'))} | {cell(rows.get('sftn'))} | {_delta(rows, 'standard', 'sftn')} |",
     ]
     if "student" in rows:
         lines.append(f"| Student w/o KD | {cell(rows['student'])} | | |")
     methods = [key.removesuffix("-from-standard") for key in rows if key.endswith("-from-standard")]
     for method in methods:
-        standard, sftn = rows.get(f"{method}-from-standard"), rows.get(f"{method}-from-sftn")
-        delta = f"{sftn['mean'] - standard['mean']:+.2f}" if standard and sftn else ""
-        lines.append(f"| {method.upper()} | {cell(standard)} | {cell(sftn)} | {delta} |")
+        standard, sftn = f"{method}-from-standard", f"{method}-from-sftn"
+        lines.append(
+            f"| {method.upper()} | {cell(rows.get(standard))} | {cell(rows.get(sftn))} | {_delta(rows, standard, sftn)} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def _delta(rows: dict[str, Any], standard: str, sftn: str) -> str:
+    """SFTN minus standard, when both were probed."""
+    if standard not in rows or sftn not in rows:
+        return ""
+    return f"{rows[sftn]['mean'] - rows[standard]['mean']:+.2f}"

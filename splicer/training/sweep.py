@@ -222,7 +222,10 @@ def build_report(
         "cells": rows,
         "references": references,
         "runs": {
-            seed: {cell: {key: run["run"] for key, run in runs.items() if isinstance(run, dict)} for cell, runs in by.items()}
+            seed: {
+                cell: {key: run["run"] for key, run in runs.items() if isinstance(run, dict)}
+                for cell, runs in by.items()
+            }
             for seed, by in results.items()
         },
     }
@@ -254,10 +257,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for row in report["cells"]:
         label = ", ".join(f"{k}={v}" for k, v in row["assignment"].items())
-        lines.append(f"| SFTN, {label} | {cell(row['sftn'])} | " + " | ".join(cell(row["students"][m]) for m in methods) + " |")
+        students = " | ".join(cell(row["students"][m]) for m in methods)
+        lines.append(f"| SFTN, {label} | {cell(row['sftn'])} | {students} |")
     for name, ref in report["references"].items():
         label = "Standard" if name == "reference" else f"Standard, {name}"
-        lines.append(f"| {label} | {cell(ref['standard'])} | " + " | ".join(cell(ref["students"][m]) for m in methods) + " |")
+        students = " | ".join(cell(ref["students"][m]) for m in methods)
+        lines.append(f"| {label} | {cell(ref['standard'])} | {students} |")
     shared = [s["key"] for s in report["sweeps"] if s["key"].startswith(SFTN_ONLY)]
     if shared:
         lines += ["", f"The standard teacher does not depend on {', '.join(shared)}: it is trained once per reference."]

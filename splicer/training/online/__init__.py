@@ -20,17 +20,13 @@ returns the run summary of the student (a ``distill`` checkpoint, so ``splicer e
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from splicer.spec import Spec
 
-Trainer = Callable[[Spec, Path, bool, bool, Path | None], dict[str, Any]]
-
 BASELINES = ("dml", "kdcl", "rco")
 TITLES = {"dml": "DML", "kdcl": "KDCL-Naive", "rco": "RCO-one-stage-EEI"}
-NEEDS_TEACHER_ANCHORS = ("rco",)
 
 
 def train_baseline(

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from splicer.assembly.build import build_student, compile_spec
 from splicer.assembly.modules import BlockNet
-from splicer.data import build_data
+from splicer.data import DataBundle, build_data
 from splicer.spec import Spec
 from splicer.training.distributed import Distributed
 from splicer.training.engine import Runtime, Stage, fit, seed_everything
@@ -66,8 +66,9 @@ def train_jointly(
 
 
 def _with_teacher_accuracy(
-    summary: dict[str, Any], teacher: BlockNet, data: Any, runtime: Runtime, path: Path, dist: Distributed
+    summary: dict[str, Any], teacher: BlockNet, data: DataBundle, runtime: Runtime, path: Path, dist: Distributed
 ) -> dict[str, Any]:
+    """The jointly trained teacher's final accuracy, added to the student's summary (and summary.json)."""
     top1, top5 = accuracy(teacher, data.eval, runtime)
     summary["teacher_final"] = {"top1": top1, "top5": top5}
     if dist.is_main:
