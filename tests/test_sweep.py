@@ -37,7 +37,7 @@ def small_spec_dict() -> dict:
     )
 
 
-def test_parse_and_grid():
+def test_parse_and_grid(tmp_path: Path):
     sweeps = parse_sweeps(["loss.tau=1,5", "train.milestones=[1, 2],[3]"])
     assert sweeps == [("loss.tau", [1, 5]), ("train.milestones", [[1, 2], [3]])]
     assert grid(sweeps) == [
@@ -50,7 +50,8 @@ def test_parse_and_grid():
     with pytest.raises(SplicerError, match="KEY.PATH=V1,V2"):
         parse_sweeps(["loss.tau"])
     with pytest.raises(SplicerError, match="loss.bogus"):
-        run_sweep(spec_from_dict(small_spec_dict()), parse_sweeps(["loss.bogus=1,2"]), ["kd"], [0], Path("/nonexistent/x"))
+        run_sweep(spec_from_dict(small_spec_dict()), parse_sweeps(["loss.bogus=1,2"]), ["kd"], [0], tmp_path / "x")
+    assert not (tmp_path / "x").exists()  # nothing written for a bad key
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +126,25 @@ def test_schedule_scale_multiplies_epochs_and_milestones():
     assert scale_schedule(spec, 0.5).train.milestones == [75, 90, 105]
     with pytest.raises(SplicerError, match="schedule-scale"):
         scale_schedule(spec, 0)
+
+
+def test_a_key_that_changes_the_standard_teacher_gets_a_reference_per_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Folder layout only: training is replaced by writing a finished summary."""
+    calls: list[str] = []
+
+    def fake_run(path: Path, spec) -> dict:  # type: ignore[no-untyped-def]
+        calls.append(str(path.relative_to(tmp_path / "out")))
+        path.mkdir(parents=True)
+        summary = {"run": str(path), "epochs": spec.train.epochs, "eval_split": "test", "final": {"top1": 50.0}}
+        (path / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    monkeypatch.setattr(sweep, "train_teacher", lambda spec, standard, path, resume, quiet: fake_run(path, spec))
+    monkeypatch.setattr(sweep, "distill", lambda spec, teacher, method, path, resume, quiet: fake_run(path, spec))
+    spec = spec_from_dict(small_spec_dict())
+    report = run_sweep(spec, parse_sweeps(["distill.kd_tau=2,4"]), ["kd"], [0], tmp_path / "out", quiet=True)
+    assert sorted(report["references"]) == ["distill.kd_tau=2", "distill.kd_tau=4"]
+    assert "seed0/distill.kd_tau=2/standard" in calls and "seed0/distill.kd_tau=4/kd-from-standard" in calls
+    assert "Standard, distill.kd_tau=4" in (tmp_path / "out" / "report.md").read_text()

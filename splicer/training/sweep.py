@@ -99,11 +99,11 @@ def run_sweep(
     """Train (or reuse) every cell and its reference; write report.md and report.json; returns the report."""
     if not sweeps or not methods or not seeds:
         raise SplicerError("a sweep needs at least one --sweep, one method and one seed")
-    root = Path(out) if out is not None else RUNS_ROOT / spec.name / "sweep"
-    _claim(root, spec)
     cells = grid(sweeps)
     for assignment in cells:
-        cell_spec(spec, assignment)  # fail on a bad key or value before anything trains
+        cell_spec(spec, assignment)  # fail on a bad key or value before anything is written
+    root = Path(out) if out is not None else RUNS_ROOT / spec.name / "sweep"
+    _claim(root, spec)
     results: dict[str, Any] = {}
     for seed in seeds:
         seeded = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": seed})})
