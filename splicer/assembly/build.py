@@ -62,7 +62,7 @@ class BuildResult:
     source: str
     sftn: SFTN
     teacher: NetworkPlan
-    student: NetworkPlan
+    student: NetworkPlan  # the network of the student branches: spec.branch_network
     transforms: list[TransformPlan]
     equivalence_error: float | None
     seconds: float
@@ -72,8 +72,8 @@ class BuildResult:
         """The spec with automatic choices written out, for a user to copy and edit."""
         spec = self.spec.model_copy(deep=True)
         spec.teacher.blocks = self.teacher.block_labels
-        spec.student.blocks = self.student.block_labels
-        spec.teacher.num_blocks = spec.student.num_blocks = None
+        spec.branch_network.blocks = self.student.block_labels
+        spec.teacher.num_blocks = spec.branch_network.num_blocks = None
         return spec
 
 
@@ -89,7 +89,7 @@ def compile_spec(spec_or_path: Spec | str | Path, verify: bool = True) -> BuildR
     source = spec.source
     notes: list[str] = []
     teacher = plan_network(spec, spec.teacher, "teacher", source, notes)
-    student = plan_network(spec, spec.student, "student", source, notes)
+    student = plan_network(spec, spec.branch_network, spec.branch_role, source, notes)
     _pair_blocks(teacher, student, source, notes)
     transforms = [
         plan_transform(
@@ -179,7 +179,8 @@ def assemble(spec: Spec, teacher: NetworkPlan, student: NetworkPlan, transforms:
     branches = []
     for i, plan in enumerate(transforms):
         # A fresh instance per branch: each branch starts from the student's own initialisation.
-        fresh = create_model(spec.student.model, spec.num_classes, spec.student.kwargs, spec.student.checkpoint)
+        network = spec.branch_network
+        fresh = create_model(network.model, spec.num_classes, network.kwargs, network.checkpoint)
         for name, module in student.traced.added_modules.items():
             fresh.add_module(name, copy.deepcopy(module))
         parts = split_graph(student.traced.graph_module, cut_nodes, root=fresh)

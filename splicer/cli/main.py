@@ -193,6 +193,7 @@ def _register_training_commands() -> None:
     app.command("distill")(user_errors(train_commands.distill))
     app.command("eval")(user_errors(train_commands.eval_run))
     app.command("run")(user_errors(train_commands.run))
+    app.command("probe")(user_errors(train_commands.probe))
 
 
 _register_training_commands()

@@ -1,4 +1,4 @@
-"""The training commands: ``splicer train``, ``distill``, ``eval`` and ``run``.
+"""The training commands: ``splicer train``, ``distill``, ``eval``, ``run`` and ``probe``.
 
 Plain typer command functions; :mod:`splicer.cli.main` registers them. Heavy imports
 (torch, the trainers) happen inside the functions so that ``splicer --help`` stays fast.
@@ -93,12 +93,28 @@ def train(
     set_: SetOpt = None,
     quiet: QuietOpt = False,
     nproc: NprocOpt = None,
+    anchors: Annotated[
+        int,
+        typer.Option(
+            "--anchors",
+            help="With --standard: also save N anchor checkpoints at equal epoch intervals (anchors/epoch-*.pt), "
+            "the route RCO's student follows. Needs --out.",
+        ),
+    ] = 0,
 ) -> None:
     """Stage 1: train SPEC's SFTN teacher (with --standard, the same teacher alone)."""
     _launch(nproc, "train")
+    from splicer.errors import SplicerError
     from splicer.training.stage1 import train_teacher
 
     resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed)
+    if anchors:
+        from splicer.training.anchors import train_anchored_teacher
+
+        if not standard or out is None:
+            raise SplicerError("--anchors: anchors are saved by a standard teacher run; pass --standard and --out RUN")
+        _report(train_anchored_teacher(resolved, out, anchors, resume=resume, quiet=quiet))
+        return
     _report(train_teacher(resolved, standard=standard, out=out, resume=resume, quiet=quiet))
 
 
@@ -174,7 +190,8 @@ def run(
         str | None,
         typer.Option(
             "--methods",
-            help="Comma-separated methods, or all for every registered one (default: the spec's distill.methods).",
+            help="Comma-separated methods, or all for every registered one (default: the spec's "
+            "distill.methods); distillation methods and the baselines dml, kdcl, rco (table 4).",
             show_default=False,
         ),
     ] = None,
@@ -191,7 +208,8 @@ def run(
         typer.Option(
             "--out",
             "-o",
-            help="Experiment folder (default: runs/<spec name>/experiment-<timestamp>).",
+            help="Experiment folder (default: runs/<spec name>/experiment-<timestamp>, with --sweep "
+            "runs/<spec name>/sweep).",
             show_default=False,
         ),
     ] = None,
@@ -204,22 +222,96 @@ def run(
     set_: SetOpt = None,
     quiet: QuietOpt = False,
     nproc: NprocOpt = None,
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sweep",
+            help="KEY=V1,V2,...: an SFTN and students per value of any spec field, e.g. loss.tau=1,5,10 "
+            "(repeatable: a grid). Finished cells of the sweep folder are reused.",
+            show_default=False,
+        ),
+    ] = None,
+    schedule_scale: Annotated[
+        float | None,
+        typer.Option(
+            "--schedule-scale",
+            help="Train every run this many times longer (epochs and LR milestones), e.g. 4 for SFTN-4.",
+            show_default=False,
+        ),
+    ] = None,
+    anchors: Annotated[
+        int, typer.Option("--anchors", help="With rco: anchor checkpoints the standard teacher saves (one-stage EEI).")
+    ] = 4,
+    probe: Annotated[
+        Path | None,
+        typer.Option(
+            "--probe",
+            help="Probe data file (num_classes:, data:): add the linear-probe transfer table (table 7).",
+            show_default=False,
+        ),
+    ] = None,
+    probe_device: Annotated[
+        str, typer.Option("--probe-device", help="Device of the probes: auto, cpu or cuda.")
+    ] = "auto",
 ) -> None:
     """Train standard and SFTN teachers, the student alone and distilled from each; report them side by side."""
     _launch(nproc, "run")
     from splicer.errors import SplicerError
-    from splicer.training.experiment import render_markdown, run_experiment
+    from splicer.training.online import BASELINES
 
     resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device)
-    method_list = _split(methods) if methods is not None else list(resolved.distill.methods)
+    if schedule_scale is not None:
+        from splicer.training.overrides import scale_schedule
+
+        resolved = scale_schedule(resolved, schedule_scale)
+    requested = _split(methods) if methods is not None else list(resolved.distill.methods)
+    baselines = [m for m in requested if m in BASELINES]
+    method_list = [m for m in requested if m not in BASELINES] or (["kd"] if baselines else [])
     try:
         seed_list = [int(s) for s in _split(seeds)] if seeds is not None else [resolved.train.seed]
     except ValueError:
         raise SplicerError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
-    report = run_experiment(resolved, method_list, seed_list, out=out, resume=resume, quiet=quiet)
+    if sweep or baselines or probe is not None:
+        from splicer.training.distributed import Distributed
+
+        Distributed.from_env().require_single_process(
+            "--sweep, the baselines (dml, kdcl, rco) and --probe", "not written for torchrun yet"
+        )
+    probe_data = None
+    if probe is not None:
+        from splicer.training.probe import load_probe_data
+
+        probe_data = load_probe_data(probe)
+    if sweep:
+        from splicer.training.sweep import parse_sweeps, render_markdown, run_sweep
+
+        if baselines or probe_data is not None:
+            raise SplicerError("--sweep compares SFTN settings; run baselines (dml, kdcl, rco) and --probe without it")
+        report = run_sweep(resolved, parse_sweeps(sweep), method_list, seed_list, out=out, quiet=quiet)
+        typer.echo(render_markdown(report))
+        typer.echo(f"wrote {report['folder']}/report.md and report.json")
+        return
+    from splicer.training.experiment import render_markdown, run_experiment
+
+    rco_anchors = anchors if "rco" in baselines else 0
+    report = run_experiment(
+        resolved, method_list, seed_list, out=out, resume=resume, quiet=quiet, anchors=rco_anchors
+    )
+    text = render_markdown(report)
+    if baselines:
+        from splicer.training.online.table import add_baselines
+        from splicer.training.online.table import render_markdown as render_baselines
+
+        report = add_baselines(report, resolved, baselines, resume=resume, quiet=quiet)
+        text += render_baselines(report["baselines"])
+    if probe_data is not None:
+        from splicer.training.probe import add_transfer, render_transfer
+
+        report = add_transfer(report, probe_data, str(probe), probe_device)
+        text += render_transfer(report["transfer"])
     if not _is_main():
         return
-    typer.echo(render_markdown(report))
+    typer.echo(text)
     typer.echo(f"wrote {report['folder']}/report.md, report.json and curves.png")
     failed = sum(len(runs) for runs in report["failures"].values())
     if failed:
@@ -227,6 +319,33 @@ def run(
             f"{failed} distillation run(s) failed: their rows in report.md say why; --resume retries them", err=True
         )
         raise typer.Exit(1)
+
+
+def probe(
+    run: Annotated[str, typer.Argument(help="Run folder or checkpoint of a trained network.", show_default=False)],
+    data: Annotated[
+        Path, typer.Option("--data", help="Probe data file: num_classes: and a data: section.", show_default=False)
+    ],
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Transfer by linear probe: freeze RUN's network, fit a linear classifier on its pooled features of DATA."""
+    from splicer.errors import SplicerError
+    from splicer.training.probe import linear_probe, load_probe_data
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise SplicerError(f"--device {device!r}: use auto, cpu or cuda")
+    result = linear_probe(run, load_probe_data(data), device)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(
+        f"{result['run']} ({result['kind']}{', ' + result['method'] if result['method'] else ''}, "
+        f"{result['network']}): "
+        f"linear probe on {data} ({result['dataset']}, {result['num_classes']} classes, "
+        f"{result['feature_dim']} features): {result['eval_split']} top-1 {result['top1']:.2f}% "
+        f"(train {result['train_top1']:.2f}%)"
+    )
 
 
 def _split(text: str) -> list[str]:

@@ -63,7 +63,7 @@ def layer_tables(result: BuildResult) -> list[PartTable]:
             return _block_label(path, "S", i + 1)
 
         rows = _rows(branch, source_shape, block_last_row[f"B_T^{i}"], counter, label)
-        tables.append(PartTable(f"Student branch {i} ({spec.student.model})", rows))
+        tables.append(PartTable(f"Student branch {i} ({spec.branch_network.model})", rows))
     return tables
 
 

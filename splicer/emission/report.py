@@ -12,19 +12,27 @@ from typing import Any
 from splicer.assembly.build import BuildResult
 from splicer.emission.graph import branch_graph, count_parameters, to_mermaid
 from splicer.emission.layers import COLUMNS, PartTable, layer_tables
+from splicer.spec import Spec
 
 
 def _shape(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape))
 
 
+def _students(spec: Spec) -> str:
+    """Which network the branches are built from and which one stage 2 distils."""
+    if spec.branch_student is None:
+        return f"student {spec.student.model} (branches and distilled student)"
+    return f"branch student {spec.branch_student.model}, distilled student {spec.student.model}"
+
+
 def summary_lines(result: BuildResult) -> list[str]:
     """The few lines ``splicer build`` prints: blocks, transforms, parameters, time."""
     spec, sftn = result.spec, result.sftn
-    lines = [f"SFTN {spec.name}: teacher {spec.teacher.model}, student {spec.student.model}, {len(sftn.teacher.blocks)} blocks"]
+    lines = [f"SFTN {spec.name}: teacher {spec.teacher.model}, {_students(spec)}, {len(sftn.teacher.blocks)} blocks"]
     for plan in (result.teacher, result.student):
         ends = ", ".join(f"{label} ({_shape(shape)})" for label, shape in zip(plan.block_labels, plan.block_shapes))
-        lines.append(f"  {plan.role} block ends{' (auto)' if plan.auto else ''}: {ends}")
+        lines.append(f"  {plan.role.replace('_', ' ')} block ends{' (auto)' if plan.auto else ''}: {ends}")
     for i, plan in enumerate(result.transforms, start=1):
         lines.append(f"  T^{i}: {plan.describe()}")
     branch_params = sum(count_parameters(b) for b in sftn.branches)
@@ -136,8 +144,13 @@ def markdown_report(result: BuildResult, tables: list[PartTable] | None = None) 
     spec, sftn = result.spec, result.sftn
     tables = tables if tables is not None else layer_tables(result)
     out = [f"# SFTN `{spec.name}`", "", f"Compiled from `{result.source}` by splicer.", ""]
+    out += [
+        f"Student branches: `{spec.branch_network.model}` (spec section `{spec.branch_role}`); "
+        f"distilled student (stage 2): `{spec.student.model}` (spec section `student`).",
+        "",
+    ]
     out += ["## Summary", "", "```", *summary_lines(result), "```", ""]
-    out += ["## Blocks", "", "| Block | Teacher end | Teacher shape | Student end | Student shape |", "|---|---|---|---|---|"]
+    out += ["## Blocks", "", "| Block | Teacher end | Teacher shape | Branch student end | Branch student shape |", "|---|---|---|---|---|"]
     for k, (t_label, t_shape, s_label, s_shape) in enumerate(
         zip(result.teacher.block_labels, result.teacher.block_shapes, result.student.block_labels, result.student.block_shapes),
         start=1,

@@ -41,8 +41,9 @@ def spec_from_dict(data: Any, source: str = "<spec>") -> Spec:
         raise SpecError(format_validation_error(exc, source)) from None
     from splicer.models.registry import check_model_reference
 
-    for role in ("teacher", "student"):
-        problem = check_model_reference(getattr(spec, role).model)
+    for role in ("teacher", "student", "branch_student"):
+        network = getattr(spec, role)
+        problem = check_model_reference(network.model) if network is not None else None
         if problem:
             raise SpecError(f"{source}: {role}.model: {problem}")
     spec._source = source

@@ -179,6 +179,11 @@ class Spec(_Strict):
     input_size: tuple[int, int, int] = Field(description="C, H, W of one input image.")
     teacher: NetworkSpec
     student: NetworkSpec
+    branch_student: NetworkSpec | None = Field(
+        None,
+        description="The network whose blocks form the SFTN's student branches (paper table 9); "
+        "default: the student. `student` stays the network distilled in stage 2.",
+    )
     transforms: TransformSpec = Field(default_factory=TransformSpec)
     loss: LossSpec = Field(default_factory=LossSpec)
     data: DataSpec = Field(default_factory=DataSpec)
@@ -189,6 +194,16 @@ class Spec(_Strict):
     @property
     def source(self) -> str:
         return self._source
+
+    @property
+    def branch_network(self) -> NetworkSpec:
+        """The network the SFTN's student branches are built from: ``branch_student``, else ``student``."""
+        return self.branch_student if self.branch_student is not None else self.student
+
+    @property
+    def branch_role(self) -> str:
+        """The spec section the branch network comes from, for messages and reports."""
+        return "branch_student" if self.branch_student is not None else "student"
 
     @field_validator("input_size")
     @classmethod

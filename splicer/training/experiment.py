@@ -25,6 +25,7 @@ from splicer.data import DataBundle, build_data
 from splicer.errors import SplicerError
 from splicer.spec import Spec
 from splicer.training.checkpoint import load_checkpoint, network_from_checkpoint
+from splicer.training.anchors import train_anchored_teacher
 from splicer.training.distributed import Distributed
 from splicer.training.engine import Runtime
 from splicer.training.evaluate import similarity
@@ -55,9 +56,18 @@ def expand_methods(methods: list[str]) -> list[str]:
 
 
 def run_experiment(
-    spec: Spec, methods: list[str], seeds: list[int], out: Path | None = None, resume: bool = False, quiet: bool = False
+    spec: Spec,
+    methods: list[str],
+    seeds: list[int],
+    out: Path | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    anchors: int = 0,
 ) -> dict[str, Any]:
-    """Train everything the comparison needs and write report.md, report.json and curves.png; returns the report."""
+    """Train everything the comparison needs and write report.md, report.json and curves.png; returns the report.
+
+    With ``anchors``, the standard teacher also saves that many anchor checkpoints (for RCO).
+    """
     methods = expand_methods(methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -80,7 +90,7 @@ def run_experiment(
     results = {}
     for seed in seeds:
         seeded = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": seed})})
-        results[seed] = _seed_runs(seeded, root / f"seed{seed}", methods, resume, quiet, runtime, data)
+        results[seed] = _seed_runs(seeded, root / f"seed{seed}", methods, resume, quiet, runtime, data, anchors)
     report = build_report(spec, methods, seeds, results)
     report["folder"] = str(root)
     if not dist.is_main:
@@ -111,7 +121,14 @@ def _experiment_folder(name: str, out: Path | None, resume: bool) -> Path:
 
 
 def _seed_runs(
-    spec: Spec, folder: Path, methods: list[str], resume: bool, quiet: bool, runtime: Runtime, data: DataBundle
+    spec: Spec,
+    folder: Path,
+    methods: list[str],
+    resume: bool,
+    quiet: bool,
+    runtime: Runtime,
+    data: DataBundle,
+    anchors: int = 0,
 ) -> dict[str, Any]:
     """The summaries of every run of one seed, teachers first; each distilled student with its similarity.
 
@@ -120,6 +137,11 @@ def _seed_runs(
     runs: dict[str, Any] = {}
     for kind in TEACHERS:
         path = folder / kind
+        if kind == "standard" and anchors:
+            runs[kind] = _finished(path, spec, resume) or train_anchored_teacher(
+                spec, path, anchors, _resumable(path, resume), quiet
+            )
+            continue
         runs[kind] = _finished(path, spec, resume) or train_teacher(
             spec, kind == "standard", path, _resumable(path, resume), quiet
         )

@@ -62,3 +62,13 @@ def _assign(data: dict[str, Any], path: list[str], value: Any, assignment: str) 
             raise SpecError(f"--set {assignment!r}: {where} is a value, not a section with fields")
         node = child
     node[path[-1]] = value
+
+
+def scale_schedule(spec: Spec, factor: float) -> Spec:
+    """``spec`` trained ``factor`` times longer: epochs and LR milestones scaled (the paper's SFTN-4, RCO-EEI-4)."""
+    if factor <= 0:
+        raise SpecError(f"--schedule-scale {factor}: must be positive, e.g. 4 for the paper's 240x4 epochs")
+    train = spec.train
+    epochs = max(1, round(train.epochs * factor))
+    milestones = [max(1, round(m * factor)) for m in train.milestones]
+    return spec.model_copy(update={"train": train.model_copy(update={"epochs": epochs, "milestones": milestones})})
