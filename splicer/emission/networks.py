@@ -78,13 +78,13 @@ def network_source(
     first: int,
     blocks: list[fx.GraphModule],
     head: fx.GraphModule,
-    imports: dict[str, None],
+    imports: dict[str, int],
 ) -> NetworkSource:
     """Classes ``{title}Block{first}``..., ``{title}Head`` for ``blocks`` and ``head`` of one network."""
     role = title.lower()
     names = [f"{title}Block{k + first}" for k in range(len(blocks))] + [f"{title}Head"]
     parts = [*blocks, head]
-    own_imports: dict[str, None] = {}
+    own_imports: dict[str, int] = {}
     try:
         classes = [_standalone_class(name, part, own_imports) for name, part in zip(names, parts)]
     except EmissionError as exc:
@@ -97,7 +97,7 @@ def network_source(
     except ModelSourceError as exc:
         raise EmissionError(f"{role} {network.model}: {reason}; and it cannot be created outside splicer: {exc}") from None
     fresh = create_model(network.model, num_classes, network.kwargs)
-    own_imports = {import_line: None}
+    own_imports = {import_line: 0}
     classes = [_over_model_class(name, part, fresh, own_imports) for name, part in zip(names, parts)]
     imports.update(own_imports)
     factory = (
@@ -110,7 +110,7 @@ def network_source(
     return NetworkSource(role, classes, names[:-1], names[-1], factory, constructor, user_module, checkpoint)
 
 
-def _standalone_class(name: str, block: fx.GraphModule, imports: dict[str, None]) -> str:
+def _standalone_class(name: str, block: fx.GraphModule, imports: dict[str, int]) -> str:
     """A class for one block: submodules written from their repr at their paths, fx's forward code as is."""
     lines = [f"class {name}(nn.Module):", "    def __init__(self) -> None:", "        super().__init__()"]
     for node in block.graph.nodes:
@@ -130,7 +130,7 @@ def _standalone_class(name: str, block: fx.GraphModule, imports: dict[str, None]
     return "\n".join(lines)
 
 
-def _over_model_class(name: str, block: fx.GraphModule, model: nn.Module, imports: dict[str, None]) -> str:
+def _over_model_class(name: str, block: fx.GraphModule, model: nn.Module, imports: dict[str, int]) -> str:
     """A class for one block that takes ``model``'s submodules and tensors at their paths, fx's forward code as is."""
     lines = [f"class {name}(nn.Module):", "    def __init__(self, model: nn.Module) -> None:", "        super().__init__()"]
     for node in block.graph.nodes:
@@ -150,12 +150,21 @@ def _over_model_class(name: str, block: fx.GraphModule, model: nn.Module, import
     return "\n".join(lines)
 
 
-def _forward_source(name: str, block: fx.GraphModule, imports: dict[str, None]) -> str:
-    """fx's forward code for ``block``, indented as a method; its globals are added to ``imports``."""
+def _forward_source(name: str, block: fx.GraphModule, imports: dict[str, int]) -> str:
+    """fx's forward code for ``block``, indented as a method.
+
+    Its globals go to ``imports`` (group 0); what fx puts before ``def forward`` (the
+    ``wrap("fn")`` calls that keep autowrapped functions such as timm's opaque to a later
+    trace, which Python allows only at module level) goes there too, as group 1, after them.
+    """
     code = block.graph.python_code(root_module="self")
     for global_name, value in code.globals.items():
-        imports[_import_line(global_name, value, name)] = None
-    return textwrap.indent(code.src.strip("\n").rstrip(), "    ")
+        imports.setdefault(_import_line(global_name, value, name), 0)
+    prelude, _, forward = code.src.partition("\ndef forward(")
+    for line in prelude.splitlines():
+        if line.strip():
+            imports[line.strip()] = 1
+    return textwrap.indent(("def forward(" + forward).strip("\n").rstrip(), "    ")
 
 
 def _install(root: nn.Module, path: str, value: nn.Module | torch.Tensor, parameter: bool = False) -> None:

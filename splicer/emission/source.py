@@ -27,7 +27,7 @@ __all__ = ["EmissionError", "emit_source"]
 
 def emit_source(result: BuildResult) -> str:
     """The text of ``sftn.py`` for a compiled SFTN."""
-    imports: dict[str, None] = {"import torch": None, "from torch import nn": None}
+    imports: dict[str, int] = {"import torch": 0, "from torch import nn": 0}  # line -> group (0 imports, 1 after)
     own_classes: dict[str, str] = {}  # splicer's transform layers beyond Resize, written out by name
     sftn, spec = result.sftn, result.spec
     teacher = network_source(
@@ -54,7 +54,7 @@ def emit_source(result: BuildResult) -> str:
         "class SFTN(nn.Module):", "class _SFTNBase(nn.Module):", 1
     )
     factories = [network.factory for network in (teacher, student) if network.factory]
-    import_lines = sorted(imports, key=lambda line: (not line.startswith("import"), line))
+    import_lines = sorted(imports, key=lambda line: (imports[line], not line.startswith("import"), line))
     preamble = "from __future__ import annotations\n\nfrom collections import OrderedDict\nfrom typing import NamedTuple\n\n"
     preamble += "from torch import Tensor\nfrom torch.nn import functional as F\n"
     body = "\n\n\n".join([support, sftn_base, *factories, *teacher.classes, *student.classes, _main_class(result, teacher, student, transforms)])
@@ -93,7 +93,7 @@ def _main_class(result: BuildResult, teacher: NetworkSource, student: NetworkSou
     )
 
 
-def _header(result: BuildResult, networks: list[NetworkSource], imports: dict[str, None]) -> str:
+def _header(result: BuildResult, networks: list[NetworkSource], imports: dict[str, int]) -> str:
     """The module docstring: what the file is, and what it needs to run."""
     spec = result.spec
     title = f'"""Standalone SFTN "{spec.name}": teacher {spec.teacher.model}, student branches {spec.student.model}.\n\n'
@@ -129,7 +129,7 @@ def _header(result: BuildResult, networks: list[NetworkSource], imports: dict[st
     )
 
 
-def _needs(imports: dict[str, None], networks: list[NetworkSource]) -> tuple[list[str], list[str]]:
+def _needs(imports: dict[str, int], networks: list[NetworkSource]) -> tuple[list[str], list[str]]:
     """The packages beyond torch that the imports need (with the versions generated against), and the user's modules."""
     user_modules = sorted({n.user_module for n in networks if n.user_module})
     user_roots = {name.split(".")[0] for name in user_modules}
