@@ -17,6 +17,7 @@ import torch
 
 import splicer
 from splicer.emission.artifacts import emit_artifacts
+from splicer.emission.source import EmissionError, emit_source
 from splicer.errors import ModelSourceError
 from splicer.models.registry import constructor_source
 from splicer.spec import spec_from_dict
@@ -117,3 +118,10 @@ def test_constructor_source_matches_create_model_and_refuses_splicers_own_models
     assert constructor_source("python:pkg.nets:make", 5) == ("import pkg.nets", "pkg.nets.make(num_classes=5)")
     with pytest.raises(ModelSourceError, match="splicer's own model"):
         constructor_source("cifar:vgg8", 100)
+
+
+def test_a_model_that_its_reference_no_longer_creates_is_refused():
+    result = splicer.compile_spec(spec_from_dict(toy_pair("custom_layers_net")))
+    result.spec.teacher.kwargs = {"width": 4}  # the reference now creates another network than the compiled one
+    with pytest.raises(EmissionError, match=r"TeacherBlock1: stage1.0: the model created from its reference holds state_dict"):
+        emit_source(result)
