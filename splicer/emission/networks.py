@@ -103,7 +103,7 @@ def network_source(
     factory = (
         f"def _{role}_model() -> nn.Module:\n"
         f'    """A fresh {network.model}, created as splicer created it (random initialisation)."""\n'
-        f"    return {constructor}\n"
+        f"    return {constructor}"
     )
     user_module = import_line.split()[1] if network.model.startswith("python:") else None
     checkpoint = str(network.checkpoint) if network.checkpoint else None
@@ -145,7 +145,8 @@ def _over_model_class(name: str, block: fx.GraphModule, model: nn.Module, import
             lines.append(f"        _install(self, {node.target!r}, {module_expr(built, node.target)})")
         else:
             is_param = isinstance(built, nn.Parameter)
-            lines.append(f"        _install(self, {node.target!r}, {_tensor_expr(built, f'{name}: {node.target}')}, parameter={is_param})")
+            value = _tensor_expr(built, f"{name}: {node.target}")
+            lines.append(f"        _install(self, {node.target!r}, {value}, parameter={is_param})")
     lines.append(_forward_source(name, block, imports))
     return "\n".join(lines)
 
@@ -272,8 +273,8 @@ def module_expr(module: nn.Module, where: str, own_classes: dict[str, str] | Non
         or repr(rebuilt) != repr(module)
         or {k: v.shape for k, v in rebuilt.state_dict().items()} != {k: v.shape for k, v in module.state_dict().items()}
     ):
-        kind = "splicer's transform layers need a repr that is their constructor call" if own else "only torch.nn layers can be written out"
-        raise EmissionError(f"cannot write {where} ({cls.__module__}.{cls.__name__}) as source: {kind}")
+        need = "a repr that is its constructor call" if own else "to be a torch.nn layer to be written out"
+        raise EmissionError(f"cannot write {where} ({cls.__module__}.{cls.__name__}) as source: it needs {need}")
     if own:
         own_classes[cls.__name__] = textwrap.dedent(inspect.getsource(cls))  # type: ignore[index]
     return expr

@@ -16,6 +16,8 @@ import inspect
 import sys
 import textwrap
 
+from torch import nn
+
 from splicer import __version__
 from splicer.assembly import modules as sftn_modules
 from splicer.assembly.build import BuildResult
@@ -38,7 +40,9 @@ def emit_source(result: BuildResult) -> str:
     student = network_source(
         result.student, spec.student, spec.num_classes, "Student", 2, list(first_branch.blocks), first_branch.head, imports
     )
-    transforms = [_sequential_expr(branch.transform, f"transform T^{i}", own_classes) for i, branch in enumerate(sftn.branches, 1)]
+    transforms = [
+        _sequential_expr(branch.transform, f"transform T^{i}", own_classes) for i, branch in enumerate(sftn.branches, 1)
+    ]
 
     header = _header(result, [teacher, student], imports)
     support_objects = [
@@ -57,7 +61,8 @@ def emit_source(result: BuildResult) -> str:
     import_lines = sorted(imports, key=lambda line: (imports[line], not line.startswith("import"), line))
     preamble = "from __future__ import annotations\n\nfrom collections import OrderedDict\nfrom typing import NamedTuple\n\n"
     preamble += "from torch import Tensor\nfrom torch.nn import functional as F\n"
-    body = "\n\n\n".join([support, sftn_base, *factories, *teacher.classes, *student.classes, _main_class(result, teacher, student, transforms)])
+    main = _main_class(result, teacher, student, transforms)
+    body = "\n\n\n".join([support, sftn_base, *factories, *teacher.classes, *student.classes, main])
     return header + "\n" + preamble + "\n".join(import_lines) + "\n\n\n" + body
 
 
@@ -150,7 +155,7 @@ def _needs(imports: dict[str, int], networks: list[NetworkSource]) -> tuple[list
     return packages, user_modules
 
 
-def _sequential_expr(module, where: str, own_classes: dict[str, str]) -> str:
+def _sequential_expr(module: nn.Module, where: str, own_classes: dict[str, str]) -> str:
     children = ", ".join(
         f"{name}={module_expr(child, f'{where}.{name}', own_classes)}" for name, child in module.named_children()
     )
