@@ -49,8 +49,8 @@ def main() -> None:
     for i, plan in enumerate(result.transforms, start=1):
         print(f"T^{i}: {plan.describe()}")
     if args.out is not None:
-        # What `splicer build` writes. sftn.py (and train_sftn.py) only when every layer is a torch.nn
-        # layer; timm's own layers (e.g. BatchNormAct2d) keep them out, and a note says why.
+        # What `splicer build` writes. For timm models sftn.py (and train_sftn.py) create the model with
+        # timm.create_model and run the traced blocks over its layers, so they need timm (never splicer).
         written = emit_artifacts(result, args.out)
         print("wrote " + ", ".join(path.name for path in written.values()))
     # Notes explain anything the compiler decided on its own (e.g. merging stages to pair the blocks).

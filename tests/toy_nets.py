@@ -134,3 +134,41 @@ class TrickyNet(nn.Module):
 
 def tricky_net(num_classes: int = 10) -> TrickyNet:
     return TrickyNet(num_classes)
+
+
+class ScaleAndShift(nn.Module):
+    """A layer with a raw parameter and a non-persistent buffer, traced through (get_attr nodes in the graph)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((channels, 1, 1), 0.5))
+        self.register_buffer("shift", torch.linspace(-1, 1, channels).view(channels, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma + self.shift
+
+
+class CustomLayersNet(nn.Module):
+    """Every stage holds a user layer traced through and one kept opaque; the head a functional dropout and,
+    optionally, a tensor constant."""
+
+    def __init__(self, num_classes: int = 10, width: int = 8, constant_in_head: bool = False) -> None:
+        super().__init__()
+        self.stage1 = nn.Sequential(
+            nn.Conv2d(3, width, 3, 1, 1), nn.BatchNorm2d(width), nn.ReLU(), ScaleAndShift(width), RandomDepth()
+        )
+        self.stage2 = nn.Sequential(
+            nn.Conv2d(width, 2 * width, 3, 2, 1), nn.BatchNorm2d(2 * width), nn.ReLU(), ScaleAndShift(2 * width), RandomDepth()
+        )
+        self.fc = nn.Linear(2 * width, num_classes)
+        self.constant_in_head = constant_in_head
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stage2(self.stage1(x)).mean((2, 3))
+        if self.constant_in_head:  # a tensor made in forward: tracing keeps it as a constant of the graph
+            x = x * torch.tensor([2.0])
+        return self.fc(nn.functional.dropout(x, p=0.1, training=self.training))
+
+
+def custom_layers_net(num_classes: int = 10, width: int = 8, constant_in_head: bool = False) -> CustomLayersNet:
+    return CustomLayersNet(num_classes, width, constant_in_head)

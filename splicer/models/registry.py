@@ -6,7 +6,9 @@ Weights are never downloaded: a spec's ``checkpoint`` loads a local state_dict i
 
 from __future__ import annotations
 
+import ast
 import importlib
+import keyword
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,30 @@ def create_model(
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, reference)
     return model
+
+
+def constructor_source(reference: str, num_classes: int, kwargs: dict[str, Any] | None = None) -> tuple[str, str]:
+    """The import line and the call expression that create the model as :func:`create_model` does.
+
+    For emitted source that rebuilds a model without splicer; ``cifar:`` models are splicer's own
+    and have none (the emitted source writes their layers out instead).
+    """
+    source, _, name = reference.partition(":")
+    kwargs = dict(kwargs or {})
+    if ast.literal_eval(repr(kwargs)) != kwargs:
+        raise ModelSourceError(f"the kwargs of {reference} cannot be written as a Python literal: {kwargs!r}")
+    if all(key.isidentifier() and not keyword.iskeyword(key) for key in kwargs):
+        arguments = ", ".join(f"{key}={value!r}" for key, value in {"num_classes": num_classes, **kwargs}.items())
+    else:
+        arguments = f"num_classes={num_classes}, **{kwargs!r}"
+    if source == "timm":
+        return "import timm", f"timm.create_model({name!r}, pretrained=False, {arguments})"
+    if source == "torchvision":
+        return "import torchvision.models", f"torchvision.models.get_model({name!r}, weights=None, {arguments})"
+    if source == "python":
+        module_name, _, factory = name.rpartition(":")
+        return f"import {module_name}", f"{module_name}.{factory}({arguments})"
+    raise ModelSourceError(f"{reference} is splicer's own model; it has no constructor outside splicer")
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, reference: str) -> None:

@@ -1,0 +1,127 @@
+"""Emitted sftn.py for models that are not all torch.nn layers: a timm pair and a user's python: pair.
+
+Each file is loaded in a fresh process that never imports splicer, gets the built SFTN's
+state_dict (strict: same keys and shapes) and must give the built SFTN's outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import splicer
+from splicer.emission.artifacts import emit_artifacts
+from splicer.emission.source import EmissionError, emit_source
+from splicer.errors import ModelSourceError
+from splicer.models.registry import constructor_source
+from splicer.spec import spec_from_dict
+from tests.conftest import REPO, toy_pair
+
+_FRESH_PROCESS = textwrap.dedent(
+    """
+    import sys, torch
+    from sftn import SFTN
+    model = SFTN()
+    model.load_state_dict(torch.load("weights.pt", weights_only=True))  # strict: same keys and shapes
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.load("x.pt"))
+    torch.save({"teacher": out.teacher_logits, "branches": out.branch_logits, "keys": list(model.state_dict())}, "out.pt")
+    assert "splicer" not in sys.modules
+    """
+)
+
+
+def _check_in_fresh_process(result: splicer.BuildResult, folder: Path) -> str:
+    """Emit, run the file in a fresh process on the built weights, compare every output; returns the source."""
+    written = emit_artifacts(result, folder)
+    assert "source" in written, result.notes
+    sftn = result.sftn.eval()
+    torch.save(sftn.state_dict(), folder / "weights.pt")
+    x = torch.randn(3, *result.spec.input_size, generator=torch.Generator().manual_seed(1))
+    torch.save(x, folder / "x.pt")
+    with torch.no_grad():
+        expected = sftn(x)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # the user's module (tests.toy_nets) importable, as the file says
+    subprocess.run([sys.executable, "-c", _FRESH_PROCESS], cwd=folder, check=True, env=env)
+    got = torch.load(folder / "out.pt")
+    assert got["keys"] == list(sftn.state_dict())
+    assert torch.allclose(got["teacher"], expected.teacher_logits, atol=1e-5)
+    assert len(got["branches"]) == len(expected.branch_logits)
+    for a, b in zip(got["branches"], expected.branch_logits):
+        assert torch.allclose(a, b, atol=1e-5)
+    return written["source"].read_text()
+
+
+def test_a_timm_pair_is_emitted_over_timm_models(tmp_path):
+    # NF-Net stages are kept opaque by tracing and EfficientNet uses timm's norm-act layers: neither is torch.nn.
+    spec = {
+        "name": "timm_pair",
+        "num_classes": 10,
+        "input_size": [3, 32, 32],
+        "teacher": {"model": "timm:test_nfnet"},
+        "student": {"model": "timm:test_efficientnet"},
+    }
+    result = splicer.compile_spec(spec_from_dict(spec))
+    source = _check_in_fresh_process(result, tmp_path)
+    header = source.split('"""')[1]
+    assert "- timm (generated with timm " in header
+    assert "timm.create_model('test_nfnet', pretrained=False, num_classes=10)" in header
+    imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
+    assert "import timm" in imports and not any("splicer" in line for line in imports)
+
+
+def test_a_python_pair_is_emitted_over_the_users_models(tmp_path):
+    # User layers traced through (a raw parameter, a non-persistent buffer) and kept opaque (reads self.training),
+    # a functional dropout and a tensor constant that tracing added.
+    spec = toy_pair("custom_layers_net")
+    spec["teacher"]["kwargs"] = {"constant_in_head": True}
+    spec["student"]["kwargs"] = {"width": 4}
+    result = splicer.compile_spec(spec_from_dict(spec))
+    source = _check_in_fresh_process(result, tmp_path)
+    assert "- the module tests.toy_nets importable" in source
+    assert "tests.toy_nets.custom_layers_net(num_classes=10, width=4)" in source
+    assert "_share(model, self, 'stage1.3.shift')" in source  # the model's own buffer, not a copy
+
+
+def test_an_emitted_sftn_over_its_models_starts_from_their_initialisation(tmp_path):
+    spec = toy_pair("custom_layers_net")
+    result = splicer.compile_spec(spec_from_dict(spec))
+    emit_artifacts(result, tmp_path)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import sftn as emitted
+
+        model = emitted.SFTN()
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("sftn", None)
+    state = model.state_dict()
+    assert list(state) == list(result.sftn.state_dict())
+    assert torch.equal(state["teacher.blocks.0.stage1.3.gamma"], torch.full((8, 1, 1), 0.5))  # the model's own init
+    out = model.train()(torch.randn(2, 3, 16, 16))
+    (out.teacher_logits.sum() + sum(z.sum() for z in out.branch_logits)).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_constructor_source_matches_create_model_and_refuses_splicers_own_models():
+    assert constructor_source("timm:resnet18", 10, {"drop_rate": 0.1}) == (
+        "import timm",
+        "timm.create_model('resnet18', pretrained=False, num_classes=10, drop_rate=0.1)",
+    )
+    assert constructor_source("python:pkg.nets:make", 5) == ("import pkg.nets", "pkg.nets.make(num_classes=5)")
+    with pytest.raises(ModelSourceError, match="splicer's own model"):
+        constructor_source("cifar:vgg8", 100)
+
+
+def test_a_model_that_its_reference_no_longer_creates_is_refused():
+    result = splicer.compile_spec(spec_from_dict(toy_pair("custom_layers_net")))
+    result.spec.teacher.kwargs = {"width": 4}  # the reference now creates another network than the compiled one
+    with pytest.raises(EmissionError, match=r"TeacherBlock1: stage1.0: the model created from its reference holds state_dict"):
+        emit_source(result)
