@@ -22,9 +22,16 @@ from splicer.spec import Spec, load_spec
 from splicer.spec.schema import NetworkSpec
 from splicer.synthesis.transforms import Transform, TransformPlan, plan_transform
 from splicer.trace.cuts import CutPoint, find_cut_points, resolve_block_ends
+from splicer.trace.layouts import FeatureLayout
 from splicer.trace.partition import split_graph
 from splicer.trace.shapes import propagate_shapes
-from splicer.trace.stages import auto_block_ends, check_feature_layout, match_ends
+from splicer.trace.stages import (
+    auto_block_ends,
+    check_feature_layout,
+    depth_block_ends,
+    is_isotropic,
+    match_ends,
+)
 from splicer.trace.tracer import TracedModel, trace_model
 
 EQUIVALENCE_TOLERANCE = 1e-5
@@ -50,6 +57,11 @@ class NetworkPlan:
     @property
     def block_labels(self) -> list[str]:
         return [c.label for c in self.block_ends]
+
+    @property
+    def block_layouts(self) -> list[FeatureLayout]:
+        """Every block end's layout (plan_network refuses block ends without one)."""
+        return [c.layout for c in self.block_ends]  # type: ignore[misc]
 
 
 @dataclass
@@ -91,7 +103,7 @@ def compile_spec(spec_or_path: Spec | str | Path, verify: bool = True) -> BuildR
     _pair_blocks(teacher, student, source, notes)
     transforms = [
         plan_transform(
-            teacher.block_shapes[i], student.block_shapes[i], spec.transforms.equal_kernel, spec.transforms.activation
+            teacher.block_layouts[i], student.block_layouts[i], spec.transforms.equal_kernel, spec.transforms.activation
         )
         for i in range(len(teacher.block_ends) - 1)
     ]
@@ -113,7 +125,7 @@ def plan_network(spec: Spec, network: NetworkSpec, role: str, source: str, notes
         propagate_shapes(traced.graph_module, spec.input_size)
     except SplicerError as exc:
         raise SplicerError(f"{source}: {role}.model: {exc}") from None
-    cut_points = find_cut_points(traced)
+    cut_points = find_cut_points(traced, model)
     check_feature_layout(model, cut_points, f"{source}: {role}.model: {network.model}")
     where = f"{source}: {role}.blocks"
     if network.blocks == "auto":
@@ -129,10 +141,11 @@ def plan_network(spec: Spec, network: NetworkSpec, role: str, source: str, notes
         by_node = {c.node: c for c in cut_points}
         ends = [by_node[n.name] for n in nodes]
         for index, end in enumerate(ends):
-            if len(end.shape) != 3:
+            if end.layout is None:
                 raise CutError(
-                    f"{where}[{index}]: {network.blocks[index]!r} has shape {end.shape}; a block end must be a "
-                    "feature map (channels, height, width)"
+                    f"{where}[{index}]: {network.blocks[index]!r} has shape {end.shape}, which is no feature: a block "
+                    "end must be an NCHW map (C, H, W), an NHWC map (H, W, C) or a token sequence over the patch grid "
+                    "(prefix + h*w, C); see the layout column of `splicer inspect`"
                 )
     node_by_name = {n.name: n for n in traced.nodes}
     parts = split_graph(traced.graph_module, [node_by_name[c.node] for c in ends])
@@ -158,7 +171,10 @@ def _pair_blocks(teacher: NetworkPlan, student: NetworkPlan, source: str, notes:
                     f"{source}: {plan.role}.blocks lists {len(plan.block_ends)} block ends but the other network "
                     f"has only {n} stages; list {n} block ends"
                 )
-            kept = match_ends(plan.block_ends, other.block_shapes)
+            if is_isotropic(plan.block_ends):  # cut by depth again, into as many groups as the other side
+                kept = depth_block_ends(plan.traced, plan.model, plan.cut_points, n)
+            else:
+                kept = match_ends(plan.block_ends, [lay.grid for lay in other.block_layouts])
             dropped = [c.label for c in plan.block_ends if c not in kept]
             notes.append(
                 f"{plan.role}: auto kept {', '.join(c.label for c in kept)} to pair with the other network's "
@@ -217,8 +233,9 @@ def verify_build(result: BuildResult) -> float:
                 for i, (branch, plan) in enumerate(zip(sftn.branches, result.transforms), start=1):
                     feature = fake.from_tensor(features[i - 1])
                     shape = tuple(branch.transform(feature).shape[1:])
-                    if shape != plan.target:
-                        raise SplicerError(f"internal error: transform T^{i} gives {shape}, expected {plan.target}")
+                    expected_shape = result.student.block_shapes[i - 1]
+                    if shape != expected_shape:
+                        raise SplicerError(f"internal error: transform T^{i} gives {shape}, expected {expected_shape}")
                     branch_shape = tuple(branch(feature).shape)
                     if branch_shape != (1, spec.num_classes):
                         raise SplicerError(f"internal error: branch {i} gives logits of shape {branch_shape}")
