@@ -11,7 +11,7 @@ import torch
 
 import splicer
 from splicer.assembly.build import NetworkPlan, plan_network
-from splicer.errors import CutError, UnsupportedModelError
+from splicer.errors import CutError
 from splicer.spec import Spec, spec_from_dict
 
 

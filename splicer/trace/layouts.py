@@ -17,9 +17,10 @@ graph, never from the model's name:
   pooling stage reshaped tokens into); the prefix tokens are what is left over, ``L - h*w``
   (the ``cat`` of a class token onto the patch tokens). Where no such map exists, timm's
   generic attributes ``num_prefix_tokens`` and ``patch_embed.grid_size`` are used if they fit;
-  last, ``L`` is factored into a grid of the input's proportions after at most
-  ``MAX_GUESSED_PREFIX`` prefix tokens. A value none of this explains has no layout, and is no
-  valid block end.
+  last, ``L`` (or ``L - num_prefix_tokens``) is factored into a grid that the input divided by
+  one stride gives. A channels-first flattened map ``(C, h*w)`` (the step between a patch
+  embedding's convolution and its transpose) is no token sequence. A value none of this
+  explains has no layout, and is no valid block end.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from torch import fx, nn
 from splicer.trace.shapes import tensor_shape
 
 LayoutKind = Literal["nchw", "nhwc", "tokens"]
-MAX_GUESSED_PREFIX = 8
 _CHANNELS_FIRST_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)
 _CHANNELS_LAST_LAYERS = (nn.Linear, nn.LayerNorm)
 
@@ -161,11 +161,13 @@ def _token_layout(
     for map_channels, (h, w) in reversed(maps):
         if map_channels == channels and 0 <= length - h * w < h * w:
             return FeatureLayout("tokens", channels, (h, w), length - h * w)
+    if maps and maps[-1][0] == length and maps[-1][1][0] * maps[-1][1][1] == channels:
+        return None  # (C, h*w): a map flattened channels first, not yet tokens
     prefix = getattr(model, "num_prefix_tokens", None)
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     if isinstance(prefix, int) and isinstance(grid, tuple) and len(grid) == 2 and prefix + grid[0] * grid[1] == length:
         return FeatureLayout("tokens", channels, (int(grid[0]), int(grid[1])), prefix)
-    for prefix in range(min(MAX_GUESSED_PREFIX, length - 1) + 1):
+    for prefix in sorted({0, prefix if isinstance(prefix, int) and 0 < prefix < length else 0}):
         count = length - prefix
         for h in range(1, count + 1):
             if count % h == 0 and is_grid((h, count // h), input_grid):
