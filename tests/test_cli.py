@@ -52,3 +52,13 @@ def test_schema_is_json():
     result = runner.invoke(app, ["schema"])
     assert result.exit_code == 0
     assert json.loads(result.output)["title"] == "Spec"
+
+
+def test_inspect_model_shows_each_cut_points_layout():
+    """DeiT-distilled at 224: a 14x14 patch grid after two prefix tokens (class and distillation)."""
+    result = runner.invoke(
+        app, ["inspect", "timm:deit_tiny_distilled_patch16_224", "--input-size", "3", "224", "224"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "tokens 2+14x14 x192" in result.output
+    assert "auto: blocks.2, blocks.5, blocks.8, norm (isotropic: equal groups by depth)" in result.output

@@ -7,6 +7,7 @@ from torch import nn
 from splicer.assembly.build import BuildResult
 from splicer.emission.graph import branch_graph, to_mermaid
 from splicer.emission.layers import COLUMNS, PartTable, layer_tables
+from splicer.trace.cuts import CutPoint
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -17,12 +18,17 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape))
 
 
+def layout_text(cut: CutPoint) -> str:
+    """A block end's layout (``tokens 1+14x14 x384``), or its bare shape when it has none."""
+    return cut.layout.describe() if cut.layout is not None else _shape(cut.shape)
+
+
 def summary_lines(result: BuildResult) -> list[str]:
     """The few lines ``splicer build`` prints: blocks, transforms, parameters, time."""
     spec, sftn = result.spec, result.sftn
     lines = [f"SFTN {spec.name}: teacher {spec.teacher.model}, student {spec.student.model}, {len(sftn.teacher.blocks)} blocks"]
     for plan in (result.teacher, result.student):
-        ends = ", ".join(f"{label} ({_shape(shape)})" for label, shape in zip(plan.block_labels, plan.block_shapes))
+        ends = ", ".join(f"{c.label} ({layout_text(c)})" for c in plan.block_ends)
         lines.append(f"  {plan.role} block ends{' (auto)' if plan.auto else ''}: {ends}")
     for i, plan in enumerate(result.transforms, start=1):
         lines.append(f"  T^{i}: {plan.describe()}")
@@ -57,16 +63,33 @@ def markdown_report(result: BuildResult, tables: list[PartTable] | None = None) 
     tables = tables if tables is not None else layer_tables(result)
     out = [f"# SFTN `{spec.name}`", "", f"Compiled from `{result.source}` by splicer.", ""]
     out += ["## Summary", "", "```", *summary_lines(result), "```", ""]
-    out += ["## Blocks", "", "| Block | Teacher end | Teacher shape | Student end | Student shape |", "|---|---|---|---|---|"]
-    for k, (t_label, t_shape, s_label, s_shape) in enumerate(
-        zip(result.teacher.block_labels, result.teacher.block_shapes, result.student.block_labels, result.student.block_shapes),
-        start=1,
-    ):
-        out.append(f"| {k} | `{t_label}` | {_shape(t_shape)} | `{s_label}` | {_shape(s_shape)} |")
-    out += ["", "## Transforms", "", "| Branch | From teacher | To student | Layer | Parameters |", "|---|---|---|---|---|"]
-    for i, (plan, branch) in enumerate(zip(result.transforms, sftn.branches), start=1):
+    out += [
+        "## Blocks",
+        "",
+        "| Block | Teacher end | Teacher shape | Teacher layout | Student end | Student shape | Student layout |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for k, (t_end, s_end) in enumerate(zip(result.teacher.block_ends, result.student.block_ends), start=1):
         out.append(
-            f"| {i} | B_T^{i} {_shape(plan.source)} | B_S^{i + 1} {_shape(plan.target)} | {plan.describe()} | "
+            f"| {k} | `{t_end.label}` | {_shape(t_end.shape)} | {layout_text(t_end)} | `{s_end.label}` | "
+            f"{_shape(s_end.shape)} | {layout_text(s_end)} |"
+        )
+    out += [
+        "",
+        "## Transforms",
+        "",
+        "Each transform views the teacher feature as a map (prefix tokens dropped and the patch grid restored, or "
+        "channels-last permuted), applies the paper's conv + BN + ReLU, and puts the result in the layout the student "
+        "block expects (flattened to tokens after learned prefix tokens, or permuted channels-last).",
+        "",
+        "| Branch | From teacher | To student | Transform | Parameters |",
+        "|---|---|---|---|---|",
+    ]
+    for i, (plan, branch, t_end, s_end) in enumerate(
+        zip(result.transforms, sftn.branches, result.teacher.block_ends, result.student.block_ends), start=1
+    ):
+        out.append(
+            f"| {i} | B_T^{i} {layout_text(t_end)} | B_S^{i + 1} {layout_text(s_end)} | {plan.describe()} | "
             f"{count_parameters(branch.transform):,} |"
         )
     out += ["", "## Parameters", "", "| Part | Parameters |", "|---|---|"]
