@@ -314,23 +314,28 @@ def markdown(rows: list[Row], meta: dict[str, Any], meta_size: list[int]) -> str
     return "\n".join(head + body) + "\n"
 
 
-def merge_stored(rows: list[Row], stored: Path, meta: dict[str, Any]) -> list[Row]:
-    """The stored rows of models not run now (in the benchmark's order), with the new rows.
+def load_stored(path: Path) -> tuple[dict[str, Any], list[Row]]:
+    """The stored run's meta and rows (empty when there is none)."""
+    if not path.is_file():
+        return {}, []
+    payload = json.loads(path.read_text())
+    return payload["meta"], [Row(**{**r, "input_size": tuple(r["input_size"])}) for r in payload["rows"]]
 
-    The stored run's provenance is kept in ``meta`` under ``kept rows from``, so the table says
-    which rows come from which run.
+
+def merge_stored(rows: list[Row], stored: tuple, meta: dict[str, Any]) -> list[Row]:
+    """The stored rows of models not run now, with the new rows, in the benchmark's order.
+
+    Which run the kept rows come from is added to ``meta`` under ``kept rows from``.
     """
-    if not stored.is_file():
+    if not stored or not stored[1]:
         return rows
-    payload = json.loads(stored.read_text())
+    old_meta, old_rows = stored
     run = {(r.model, r.direction) for r in rows}
-    kept = [Row(**{**r, "input_size": tuple(r["input_size"])}) for r in payload["rows"] if (r["model"], r["direction"]) not in run]
+    kept = [r for r in old_rows if (r.model, r.direction) not in run]
     if kept:
-        old = payload["meta"]
-        meta["kept rows from"] = f"{old.get('command', '?')} ({old.get('date', '?')}): {len(kept)} rows"
-    order = {model: i for i, (model, _) in enumerate((m, g) for g, members in GROUPS.items() for _, m in members)}
-    both = kept + rows
-    return sorted(both, key=lambda r: (order.get(r.model, len(order)), r.direction != "teacher"))
+        meta["kept rows from"] = f"{old_meta.get('command', '?')} ({old_meta.get('date', '?')}): {len(kept)} rows"
+    order = {model: i for i, model in enumerate(m for members in GROUPS.values() for _, m in members)}
+    return sorted(kept + rows, key=lambda r: (order.get(r.model, len(order)), r.direction != "teacher"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -357,29 +362,37 @@ def main(argv: list[str] | None = None) -> None:
     if args.families:
         models = [m for m in models if m[1] in args.families]
     start = time.perf_counter()
+    stored = [] if args.no_keep else load_stored(args.out / "timm_coverage.json")
     rows: list[Row] = []
-    for group, family, model in models:
+    for done, (group, family, model) in enumerate(models, start=1):
         for direction in ("teacher", "student"):
             row = run_one(group, family, model, direction, args)
             rows.append(row)
             status = "ok" if row.ok else f"FAILED {row.reason}"
             timing = f"build {row.build_s}s fwd+bwd {row.fwd_bwd_s}s" if row.ok else ""
             print(f"{family:18} {model:30} {direction:8} {status}  {timing}", flush=True)
+        # Written after every model, so an interrupted run keeps what it measured.
+        write_results(args, argv, rows, stored, start, f"{done} of {len(models)}")
+    for line in summary(merge_stored(rows, stored, {})):
+        print(line)
+
+
+def write_results(
+    args: argparse.Namespace, argv: list[str] | None, rows: list[Row], stored: tuple, start: float, progress: str
+) -> None:
     meta = {
         **provenance(argv, args.threads),
         "input": "x".join(map(str, args.input_size)) + f", batch {args.batch}, {args.num_classes} classes "
         "(larger where a model needs it, see the model column)",
         "pairs": f"model as teacher vs {args.student}; {args.teacher} as teacher vs model",
+        "models run": progress,
         "total seconds": round(time.perf_counter() - start, 1),
     }
-    rows = rows if args.no_keep else merge_stored(rows, args.out / "timm_coverage.json", meta)
-    for line in summary(rows):
-        print(line)
+    rows = merge_stored(rows, stored, meta)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "timm_coverage.md").write_text(markdown(rows, meta, args.input_size))
     payload = {"meta": meta, "summary": summary(rows), "rows": [asdict(r) for r in rows]}
     (args.out / "timm_coverage.json").write_text(json.dumps(payload, indent=1) + "\n")
-
 
 if __name__ == "__main__":
     main()
