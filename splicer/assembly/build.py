@@ -196,10 +196,22 @@ def assemble(spec: Spec, teacher: NetworkPlan, student: NetworkPlan, transforms:
         fresh = create_model(spec.student.model, spec.num_classes, spec.student.kwargs, spec.student.checkpoint)
         for name, module in student.traced.added_modules.items():
             fresh.add_module(name, copy.deepcopy(module))
+        _copy_traced_constants(student.traced.graph_module, fresh)
         parts = split_graph(student.traced.graph_module, cut_nodes, root=fresh)
         blocks = parts[i + 1 : -1]
         branches.append(Branch(Transform(plan), blocks, parts[-1], clone_input=_clone_flags(blocks[:1])[0]))
     return SFTN(teacher_net, branches)
+
+
+def _copy_traced_constants(traced: fx.GraphModule, fresh: nn.Module) -> None:
+    """Tensor constants the tracer lifted onto the traced module (``_tensor_constant0``, e.g. Swin V2's
+    relative-position tables) are no attributes of a fresh model instance: give it the same ones."""
+    for node in traced.graph.nodes:
+        if node.op != "get_attr" or "." in str(node.target) or hasattr(fresh, str(node.target)):
+            continue
+        value = getattr(traced, str(node.target))
+        if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+            fresh.register_buffer(str(node.target), value.clone(), persistent=False)
 
 
 def build_student(spec: Spec | str | Path) -> BlockNet:
