@@ -40,7 +40,7 @@ TOLERANCE = 1e-5
 # Models whose timm config says ``fixed_input_size`` also get ``img_size`` = the input height.
 # Some models need a larger input than the default (halo attention: every attention stage's
 # map divisible by the block size 8).
-MIN_INPUT: dict[str, int] = {"halonet26t": 256, "efficientformer_l1": 224}
+MIN_INPUT: dict[str, int] = {"halonet26t": 256, "efficientformer_l1": 224, "crossvit_tiny_240": 240}
 CNN_MODELS: list[tuple[str, str]] = [
     ("resnet", "resnet10t"),
     ("resnext", "resnext26ts"),

@@ -183,3 +183,16 @@ def test_nchw_transform_keeps_its_state_dict_keys() -> None:
 def test_grid_check_uses_one_stride_for_both_axes() -> None:
     assert is_grid((4, 6), (32, 48)) and is_grid((4, 4), (56, 56))  # ceil(56 / 14) == 4
     assert not is_grid((4, 64), (64, 64)) and not is_grid((12, 16), (32, 32))
+
+
+def test_verifying_on_fake_tensors_leaves_no_fake_state_in_the_branches() -> None:
+    """ConViT caches its position indices on first use; a fake one would make every later forward fake."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    convit = {"model": "timm:convit_tiny", "kwargs": {"img_size": 32, "patch_size": 8, "depth": 4}}
+    result = splicer.compile_spec(_spec({"model": "cifar:resnet8"}, convit, 32))
+    sftn = result.sftn.eval()
+    with torch.no_grad():
+        out = sftn(torch.randn(2, 3, 32, 32))
+    assert not any(isinstance(z, FakeTensor) for z in out.branch_logits)
+    assert torch.isfinite(torch.stack(out.branch_logits)).all()

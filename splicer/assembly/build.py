@@ -226,10 +226,10 @@ def verify_build(result: BuildResult) -> float:
 
     In eval mode, on a seeded random image: the teacher's blocks run in sequence must
     reproduce the original teacher's logits (real compute). Each branch is then run on fake
-    tensors (shapes only, no compute): every transform must give the student block's input
-    shape, every branch logits of the right shape.
+    tensors (shapes only, no compute; real ones where a branch reads tensor values): every
+    transform must give the student block's input shape, every branch logits of the right shape.
     """
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 
     spec, sftn = result.spec, result.sftn
     x = torch.randn(1, *spec.input_size, generator=torch.Generator().manual_seed(0))
@@ -241,16 +241,15 @@ def verify_build(result: BuildResult) -> float:
         with torch.no_grad():
             expected = original(x)
             features, logits = sftn.teacher.forward_features(x)
-            with FakeTensorMode(allow_non_fake_inputs=True) as fake:
-                for i, (branch, plan) in enumerate(zip(sftn.branches, result.transforms), start=1):
-                    feature = fake.from_tensor(features[i - 1])
-                    shape = tuple(branch.transform(feature).shape[1:])
-                    expected_shape = result.student.block_shapes[i - 1]
-                    if shape != expected_shape:
-                        raise SplicerError(f"internal error: transform T^{i} gives {shape}, expected {expected_shape}")
-                    branch_shape = tuple(branch(feature).shape)
-                    if branch_shape != (1, spec.num_classes):
-                        raise SplicerError(f"internal error: branch {i} gives logits of shape {branch_shape}")
+            state = _module_state(sftn.branches)
+            try:
+                with FakeTensorMode(allow_non_fake_inputs=True) as fake:
+                    _check_branches(result, [fake.from_tensor(f) for f in features])
+            except DataDependentOutputException:  # a branch reads tensor values (ConViT): check it for real
+                _restore_module_state(sftn.branches, state)
+                _check_branches(result, features)
+            finally:
+                _restore_module_state(sftn.branches, state)
     finally:
         original.train(modes[0])
         sftn.train(modes[1])
@@ -263,6 +262,41 @@ def verify_build(result: BuildResult) -> float:
             "register such modules with timm.layers.register_notrace_module to keep them opaque"
         )
     return error
+
+
+def _module_state(root: nn.Module) -> dict[tuple[int, str], object]:
+    """Every module's plain attributes and buffers, by module id and name (parameters are never reassigned)."""
+    state: dict[tuple[int, str], object] = {}
+    for m in root.modules():
+        state.update({(id(m), k): v for k, v in vars(m).items() if not k.startswith("_")})
+        state.update({(id(m), f"buffer:{k}"): v for k, v in m._buffers.items()})
+    return state
+
+
+def _restore_module_state(root: nn.Module, state: dict[tuple[int, str], object]) -> None:
+    """Undo tensors a forward on fake tensors cached on a module (ConViT caches its position
+    indices): left in place, a fake tensor would turn every later real forward fake."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    for m in root.modules():
+        for k, v in list(vars(m).items()):
+            if isinstance(v, FakeTensor):
+                setattr(m, k, state.get((id(m), k)))
+        for k, v in list(m._buffers.items()):
+            if isinstance(v, FakeTensor):
+                m._buffers[k] = state.get((id(m), f"buffer:{k}"))  # type: ignore[assignment]
+
+
+def _check_branches(result: BuildResult, features: list[torch.Tensor]) -> None:
+    """Every transform gives its student block's input shape; every branch gives logits of the right shape."""
+    for i, branch in enumerate(result.sftn.branches, start=1):
+        shape = tuple(branch.transform(features[i - 1]).shape[1:])
+        expected_shape = result.student.block_shapes[i - 1]
+        if shape != expected_shape:
+            raise SplicerError(f"internal error: transform T^{i} gives {shape}, expected {expected_shape}")
+        branch_shape = tuple(branch(features[i - 1]).shape)
+        if branch_shape != (1, result.spec.num_classes):
+            raise SplicerError(f"internal error: branch {i} gives logits of shape {branch_shape}")
 
 
 def _clone_flags(blocks: list[fx.GraphModule]) -> list[bool]:
