@@ -333,7 +333,8 @@ def merge_stored(rows: list[Row], stored: tuple, meta: dict[str, Any]) -> list[R
     run = {(r.model, r.direction) for r in rows}
     kept = [r for r in old_rows if (r.model, r.direction) not in run]
     if kept:
-        meta["kept rows from"] = f"{old_meta.get('command', '?')} ({old_meta.get('date', '?')}): {len(kept)} rows"
+        earlier = f"; {old_meta['kept rows from']}" if "kept rows from" in old_meta else ""
+        meta["kept rows from"] = f"{old_meta.get('command', '?')} ({old_meta.get('date', '?')}): {len(kept)} rows{earlier}"
     order = {model: i for i, model in enumerate(m for members in GROUPS.values() for _, m in members)}
     return sorted(kept + rows, key=lambda r: (order.get(r.model, len(order)), r.direction != "teacher"))
 
