@@ -196,3 +196,12 @@ def test_verifying_on_fake_tensors_leaves_no_fake_state_in_the_branches() -> Non
         out = sftn(torch.randn(2, 3, 32, 32))
     assert not any(isinstance(z, FakeTensor) for z in out.branch_logits)
     assert torch.isfinite(torch.stack(out.branch_logits)).all()
+
+
+def test_a_model_with_no_cut_point_after_its_stem_is_refused_not_cut_in_the_stem() -> None:
+    """PiT passes its class token beside the map between stages: no single tensor is live there."""
+    from splicer.errors import UnsupportedModelError
+
+    pit = {"model": "timm:pit_ti_224", "kwargs": {"img_size": 64}}
+    with pytest.raises(UnsupportedModelError, match=r"pos_drop, leaves \d+ of \d+ conv/linear layers to the head"):
+        splicer.compile_spec(_spec(pit, {"model": "cifar:resnet8"}, 64), verify=False)

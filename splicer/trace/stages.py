@@ -80,10 +80,30 @@ def auto_block_ends(
         ends[-1] = last
     ends = merge_slivers(traced, _one_per_resolution(ends))
     if len(ends) < 2:
-        return depth_block_ends(traced, model, cut_points, num_blocks or ISOTROPIC_BLOCKS), "isotropic: equal groups by depth"
-    if num_blocks is not None:
+        ends = depth_block_ends(traced, model, cut_points, num_blocks or ISOTROPIC_BLOCKS)
+        origin = "isotropic: equal groups by depth"
+    elif num_blocks is not None:
         ends = ends[-num_blocks:]
+    _check_head(traced, ends)
     return ends, origin
+
+
+def _check_head(traced: TracedModel, ends: list[CutPoint]) -> None:
+    """Refuse automatic ends that leave most of the network to the head.
+
+    That happens when no single tensor is live between the later stages (PiT passes its
+    class tokens beside the map): the last valid cut point is then in the stem.
+    """
+    if not ends:
+        return
+    counts = _weight_layer_counts(traced)
+    in_blocks, total = counts[ends[-1].position], counts[-1]
+    if total - in_blocks > in_blocks:
+        raise UnsupportedModelError(
+            f"blocks: auto: the last valid cut point, {ends[-1].label}, leaves {total - in_blocks} of {total} "
+            "conv/linear layers to the head: no single tensor is live between the model's later stages "
+            "(e.g. class tokens passed beside the feature map), so it cannot be cut into blocks there"
+        )
 
 
 def is_isotropic(ends: list[CutPoint]) -> bool:
