@@ -1,7 +1,8 @@
 """How long ``compile_spec`` takes, whole and piece by piece, after imports and one warm-up.
 
 Targets: specs/vgg13_vgg8.yaml under 1 s, timm resnet50 -> resnet18 (``blocks: auto``,
-3x224x224) under 3 s. Each figure is the median of ``--runs`` runs in one process. The machine
+3x224x224) under 3 s, specs/vit_small_resnet18.yaml (a token-sequence teacher cut by depth)
+under 3 s. Each figure is the median of ``--runs`` runs in one process. The machine
 is shared, so the load average is recorded with the results in
 ``benchmarks/results/compile_speed.{md,json}``.
 """
@@ -58,6 +59,10 @@ def cases() -> dict[str, tuple[Spec, float]]:
     return {
         "vgg13_vgg8 (specs/vgg13_vgg8.yaml)": (load_spec(REPO / "specs" / "vgg13_vgg8.yaml"), 1.0),
         "timm resnet50 -> resnet18, auto, 3x224x224": (timm_pair, 3.0),
+        "timm vit_small -> resnet18 (specs/vit_small_resnet18.yaml)": (
+            load_spec(REPO / "specs" / "vit_small_resnet18.yaml"),
+            3.0,
+        ),
     }
 
 
@@ -80,7 +85,7 @@ def timed_pieces(spec: Spec) -> dict[str, float]:
         clock("shape propagation", lambda: propagate_shapes(traced.graph_module, spec.input_size))
 
         def cut() -> tuple[list, list, list]:
-            cut_points = find_cut_points(traced)
+            cut_points = find_cut_points(traced, model)
             if network.blocks == "auto":
                 ends, _ = auto_block_ends(traced, model, cut_points, network.num_blocks)
             else:
@@ -97,7 +102,7 @@ def timed_pieces(spec: Spec) -> dict[str, float]:
         raise SystemExit(f"{spec.name}: teacher and student block counts differ; pick a pair that needs no pairing")
 
     def build() -> tuple[list, Any]:
-        transforms = [plan_transform(t, s) for t, s in zip(teacher.block_shapes[:-1], student.block_shapes[:-1])]
+        transforms = [plan_transform(t, s) for t, s in zip(teacher.block_layouts[:-1], student.block_layouts[:-1])]
         return transforms, assemble(spec, teacher, student, transforms)
 
     transforms, sftn = clock("assembly", build)

@@ -1,4 +1,7 @@
-"""How much of timm splicer can splice: one small model per CNN family, with ``blocks: auto``.
+"""How much of timm splicer can splice: one small model per family, with ``blocks: auto``.
+
+Families are grouped: CNNs, transformers (token sequences, channels-last stages, pooled tokens),
+hybrids (conv stages and attention) and MLP models.
 
 Each model is compiled both as the teacher (against a small student) and as the student (of a
 large teacher), verified (teacher equivalence, branch shapes) and run forward + backward once.
@@ -6,7 +9,9 @@ Two more checks catch what the compiler's own verification does not see: the stu
 blocks must reproduce the student model (stage 2 trains that student), and the SFTN must be
 deterministic in eval mode (a training-mode op baked into a trace is not). A failure is
 recorded with the exception's first line, so one model never stops the run; the table goes
-to ``benchmarks/results/timm_coverage.{md,json}``.
+to ``benchmarks/results/timm_coverage.{md,json}``. With ``--groups`` or ``--families`` only
+those models run, and the stored rows of all other models are kept (``--no-keep`` drops them),
+so one group can be re-measured without the others.
 """
 
 from __future__ import annotations
@@ -31,12 +36,11 @@ from splicer.spec import spec_from_dict
 RESULTS = Path(__file__).resolve().parent / "results"
 TOLERANCE = 1e-5
 
-# (family, model): the smallest timm variant of each family. ``group`` "hybrid" marks
-# attention/token models, listed to show where splicer stops, not counted in the CNN coverage.
+# (family, model): the smallest timm variant of each family, per group.
 # Models whose timm config says ``fixed_input_size`` also get ``img_size`` = the input height.
 # Some models need a larger input than the default (halo attention: every attention stage's
 # map divisible by the block size 8).
-MIN_INPUT: dict[str, int] = {"halonet26t": 256}
+MIN_INPUT: dict[str, int] = {"halonet26t": 256, "efficientformer_l1": 224, "crossvit_tiny_240": 240}
 CNN_MODELS: list[tuple[str, str]] = [
     ("resnet", "resnet10t"),
     ("resnext", "resnext26ts"),
@@ -103,17 +107,62 @@ CNN_MODELS: list[tuple[str, str]] = [
     ("botnet", "botnet26t_256"),
     ("lambda_resnet", "lambda_resnet26t"),
 ]
+TRANSFORMER_MODELS: list[tuple[str, str]] = [
+    ("vit", "vit_tiny_patch16_224"),
+    ("deit", "deit_tiny_patch16_224"),
+    ("deit_distilled", "deit_tiny_distilled_patch16_224"),
+    ("deit3", "deit3_small_patch16_224"),
+    ("vit_registers", "vit_dwee_patch16_reg1_gap_256"),
+    ("flexivit", "flexivit_small"),
+    ("beit", "beit_base_patch16_224"),
+    ("eva02", "eva02_tiny_patch14_224"),
+    ("cait", "cait_xxs24_224"),
+    ("xcit", "xcit_nano_12_p16_224"),
+    ("convit", "convit_tiny"),
+    ("tnt", "tnt_s_patch16_224"),
+    ("crossvit", "crossvit_tiny_240"),
+    ("volo", "volo_d1_224"),
+    ("pit", "pit_ti_224"),
+    ("levit", "levit_128s"),
+    ("swin", "swin_tiny_patch4_window7_224"),
+    ("swinv2", "swinv2_tiny_window8_256"),
+    ("swinv2_cr", "swinv2_cr_tiny_224"),
+    ("pvt_v2", "pvt_v2_b0"),
+    ("twins", "twins_svt_small"),
+    ("mvitv2", "mvitv2_tiny"),
+    ("nest", "nest_tiny"),
+    ("davit", "davit_tiny"),
+    ("gcvit", "gcvit_xxtiny"),
+    ("hiera", "hiera_tiny_224"),
+    ("tiny_vit", "tiny_vit_5m_224"),
+]
 HYBRID_MODELS: list[tuple[str, str]] = [
     ("mobilevit", "mobilevit_xxs"),
+    ("mobilevitv2", "mobilevitv2_050"),
     ("efficientformer", "efficientformer_l1"),
-    ("levit", "levit_128s"),
+    ("efficientformerv2", "efficientformerv2_s0"),
     ("coatnet", "coatnet_nano_rw_224"),
     ("maxvit", "maxvit_pico_rw_256"),
-    ("pvt_v2", "pvt_v2_b0"),
     ("focalnet", "focalnet_tiny_srf"),
-    ("swin", "swin_tiny_patch4_window7_224"),
-    ("vit", "vit_tiny_patch16_224"),
+    ("coat", "coat_tiny"),
+    ("visformer", "visformer_tiny"),
+    ("vit_hybrid", "vit_small_r26_s32_224"),
+    ("nextvit", "nextvit_small"),
+    ("caformer", "caformer_s18"),
+    ("vitamin", "vitamin_small_224"),
 ]
+MLP_MODELS: list[tuple[str, str]] = [
+    ("mlp_mixer", "mixer_s16_224"),
+    ("resmlp", "resmlp_12_224"),
+    ("gmlp", "gmlp_ti16_224"),
+    ("sequencer", "sequencer2d_s"),
+]
+GROUPS: dict[str, list[tuple[str, str]]] = {
+    "cnn": CNN_MODELS,
+    "transformer": TRANSFORMER_MODELS,
+    "hybrid": HYBRID_MODELS,
+    "mlp": MLP_MODELS,
+}
 
 
 @dataclass
@@ -220,7 +269,7 @@ def run_one(group: str, family: str, model: str, direction: str, args: argparse.
 def summary(rows: list[Row]) -> list[str]:
     """Families that built, per group and direction: a family counts once per direction."""
     lines = []
-    for group in ("cnn", "hybrid"):
+    for group in GROUPS:
         for direction in ("teacher", "student"):
             chosen = [r for r in rows if r.group == group and r.direction == direction]
             if chosen:
@@ -265,6 +314,31 @@ def markdown(rows: list[Row], meta: dict[str, Any], meta_size: list[int]) -> str
     return "\n".join(head + body) + "\n"
 
 
+def load_stored(path: Path) -> tuple[dict[str, Any], list[Row]]:
+    """The stored run's meta and rows (empty when there is none)."""
+    if not path.is_file():
+        return {}, []
+    payload = json.loads(path.read_text())
+    return payload["meta"], [Row(**{**r, "input_size": tuple(r["input_size"])}) for r in payload["rows"]]
+
+
+def merge_stored(rows: list[Row], stored: tuple, meta: dict[str, Any]) -> list[Row]:
+    """The stored rows of models not run now, with the new rows, in the benchmark's order.
+
+    Which run the kept rows come from is added to ``meta`` under ``kept rows from``.
+    """
+    if not stored or not stored[1]:
+        return rows
+    old_meta, old_rows = stored
+    run = {(r.model, r.direction) for r in rows}
+    kept = [r for r in old_rows if (r.model, r.direction) not in run]
+    if kept:
+        earlier = f"; {old_meta['kept rows from']}" if "kept rows from" in old_meta else ""
+        meta["kept rows from"] = f"{old_meta.get('command', '?')} ({old_meta.get('date', '?')}): {len(kept)} rows{earlier}"
+    order = {model: i for i, model in enumerate(m for members in GROUPS.values() for _, m in members)}
+    return sorted(kept + rows, key=lambda r: (order.get(r.model, len(order)), r.direction != "teacher"))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input-size", type=int, nargs=3, default=[3, 96, 96], metavar=("C", "H", "W"))
@@ -273,7 +347,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--teacher", default="timm:resnet50", help="teacher when the family model is the student")
     parser.add_argument("--student", default="timm:resnet18", help="student when the family model is the teacher")
     parser.add_argument("--families", nargs="*", help="only these families (default: all)")
-    parser.add_argument("--no-hybrids", action="store_true", help="skip the attention/token (hybrid) models")
+    parser.add_argument("--groups", nargs="*", choices=list(GROUPS), help="only these groups (default: all)")
+    parser.add_argument(
+        "--no-keep", action="store_true", help="drop the stored rows of models not run (default: keep them)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for timm_coverage.md/.json")
     return parser.parse_args(argv)
@@ -282,32 +359,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    models = [("cnn", *m) for m in CNN_MODELS] + ([] if args.no_hybrids else [("hybrid", *m) for m in HYBRID_MODELS])
+    models = [(group, *m) for group, members in GROUPS.items() if not args.groups or group in args.groups for m in members]
     if args.families:
         models = [m for m in models if m[1] in args.families]
     start = time.perf_counter()
+    stored = [] if args.no_keep else load_stored(args.out / "timm_coverage.json")
     rows: list[Row] = []
-    for group, family, model in models:
+    for done, (group, family, model) in enumerate(models, start=1):
         for direction in ("teacher", "student"):
             row = run_one(group, family, model, direction, args)
             rows.append(row)
             status = "ok" if row.ok else f"FAILED {row.reason}"
             timing = f"build {row.build_s}s fwd+bwd {row.fwd_bwd_s}s" if row.ok else ""
             print(f"{family:18} {model:30} {direction:8} {status}  {timing}", flush=True)
+        # Written after every model, so an interrupted run keeps what it measured.
+        write_results(args, argv, rows, stored, start, f"{done} of {len(models)}")
+    for line in summary(merge_stored(rows, stored, {})):
+        print(line)
+
+
+def write_results(
+    args: argparse.Namespace, argv: list[str] | None, rows: list[Row], stored: tuple, start: float, progress: str
+) -> None:
     meta = {
         **provenance(argv, args.threads),
         "input": "x".join(map(str, args.input_size)) + f", batch {args.batch}, {args.num_classes} classes "
         "(larger where a model needs it, see the model column)",
         "pairs": f"model as teacher vs {args.student}; {args.teacher} as teacher vs model",
+        "models run": progress,
         "total seconds": round(time.perf_counter() - start, 1),
     }
-    for line in summary(rows):
-        print(line)
+    rows = merge_stored(rows, stored, meta)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "timm_coverage.md").write_text(markdown(rows, meta, args.input_size))
     payload = {"meta": meta, "summary": summary(rows), "rows": [asdict(r) for r in rows]}
     (args.out / "timm_coverage.json").write_text(json.dumps(payload, indent=1) + "\n")
-
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ import torch
 
 import splicer
 from splicer.assembly.build import NetworkPlan, plan_network
-from splicer.errors import CutError, UnsupportedModelError
+from splicer.errors import CutError
 from splicer.spec import Spec, spec_from_dict
 
 
@@ -142,27 +142,3 @@ def test_resolved_spec_lists_the_chosen_block_ends() -> None:
     assert again.teacher.block_shapes == result.teacher.block_shapes
     assert again.student.block_shapes == result.student.block_shapes
     assert not any("auto" in note for note in again.notes)
-
-
-def test_channels_last_models_are_refused() -> None:
-    spec = _spec({"model": "timm:swin_tiny_patch4_window7_224"}, {"model": "timm:resnet18"}, [3, 224, 224])
-    with pytest.raises(UnsupportedModelError, match=r"channels-last \(NHWC\).*Swin\) are not supported"):
-        splicer.compile_spec(spec, verify=False)
-
-
-def test_channels_last_models_are_refused_with_explicit_blocks() -> None:
-    """Swin's layers.0 is (56, 56, 96) NHWC: taken as a (C, H, W) map it would read as 56 channels."""
-    spec = _spec(
-        {"model": "timm:swin_tiny_patch4_window7_224", "blocks": ["layers.0", "layers.1", "layers.2", "norm"]},
-        {"model": "timm:resnet18"},
-        [3, 224, 224],
-    )
-    with pytest.raises(UnsupportedModelError, match="channels-last"):
-        splicer.compile_spec(spec, verify=False)
-
-
-def test_token_sequence_models_are_refused() -> None:
-    """ViT's patch-embedding conv gives one (C, H, W) map; everything after it is a token sequence."""
-    spec = _spec({"model": "timm:vit_tiny_patch16_224", "kwargs": {"img_size": 32}}, {"model": "cifar:resnet8"}, [3, 32, 32])
-    with pytest.raises(UnsupportedModelError, match="token sequences"):
-        splicer.compile_spec(spec, verify=False)

@@ -105,3 +105,11 @@ def test_schema_is_json():
 def test_spec_flags_on_a_model_reference_are_one_message():
     result = runner.invoke(app, ["inspect", "python:tests.toy_nets:tiny_resnet", "--json"])
     assert result.exit_code == 2 and "need a spec file" in result.output and "Traceback" not in result.output
+def test_inspect_model_shows_each_cut_points_layout():
+    """DeiT-distilled at 224: a 14x14 patch grid after two prefix tokens (class and distillation)."""
+    result = runner.invoke(
+        app, ["inspect", "timm:deit_tiny_distilled_patch16_224", "--input-size", "3", "224", "224"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "tokens 2+14x14 x192" in result.output
+    assert "auto: blocks.2, blocks.5, blocks.8, norm (isotropic: equal groups by depth)" in result.output

@@ -196,11 +196,16 @@ def test_modules_that_read_the_training_flag_stay_modules_and_dim0_reads_are_not
     assert first.branch_logits[0].shape == (5, 10)
 
 
-def test_an_isotropic_model_has_too_few_stages_for_auto():
+def test_an_isotropic_cnn_is_cut_by_depth_to_pair_with_the_student():
+    """ConvMixer keeps one grid throughout: its 32 blocks are split into equal groups, one per student block."""
     spec = toy_spec()
     spec["teacher"] = {"model": "timm:convmixer_768_32"}
-    with pytest.raises(CutError, match="auto found 1 stage end"):
-        splicer.compile_spec(spec_from_dict({**spec, "input_size": [3, 32, 32]}), verify=False)
+    result = splicer.compile_spec(spec_from_dict({**spec, "input_size": [3, 32, 32]}), verify=False)
+    n = len(result.student.block_ends)
+    assert len(result.teacher.block_ends) == n >= 2
+    assert all(label.startswith("blocks") for label in result.teacher.block_labels)
+    assert len({layout.grid for layout in result.teacher.block_layouts}) == 1
+    assert any("isotropic" in note for note in result.notes)
 
 
 def test_spec_transforms_reach_the_branches_the_report_and_the_emitted_source(tmp_path):

@@ -77,6 +77,21 @@ def test_a_timm_pair_is_emitted_over_timm_models(tmp_path):
     assert "import timm" in imports and not any("splicer" in line for line in imports)
 
 
+def test_a_vit_pair_is_emitted_with_its_layout_adapters(tmp_path):
+    # A CNN teacher for a ViT student: the transforms end in MapToTokens (learned class token), rebuilt from its repr.
+    vit = {"img_size": 32, "patch_size": 8, "depth": 4}
+    spec = {
+        "name": "vit_pair",
+        "num_classes": 10,
+        "input_size": [3, 32, 32],
+        "teacher": {"model": "cifar:resnet8"},
+        "student": {"model": "timm:vit_tiny_patch16_224", "kwargs": vit},
+    }
+    result = splicer.compile_spec(spec_from_dict(spec))
+    source = _check_in_fresh_process(result, tmp_path)
+    assert "MapToTokens(prefix_tokens=1, channels=192)" in source
+
+
 def test_a_python_pair_is_emitted_over_the_users_models(tmp_path):
     # User layers traced through (a raw parameter, a non-persistent buffer) and kept opaque (reads self.training),
     # a functional dropout and a tensor constant that tracing added.

@@ -14,7 +14,14 @@ from tests.conftest import REPO
 
 SPECS = sorted((REPO / "specs").glob("*.yaml"))
 IMAGENET = REPO / "specs" / "resnet50_resnet34_imagenet.yaml"
-CIFAR_SPECS = [path for path in SPECS if path != IMAGENET]
+# Transformer pairs at 224x224: layouts of the teacher's and the student's block ends.
+TRANSFORMER_SPECS: dict[str, tuple[str, str]] = {
+    "regnety160_deit_small": ("nchw", "tokens"),
+    "vit_small_resnet18": ("tokens", "nchw"),
+    "swin_tiny_mobilenetv3_large": ("nhwc", "nchw"),
+    "vit_small_vit_tiny": ("tokens", "tokens"),
+}
+CIFAR_SPECS = [path for path in SPECS if path != IMAGENET and path.stem not in TRANSFORMER_SPECS]
 
 # Transform kinds and strides the paper's rule (section 3.1) gives: 1x1 conv at equal size,
 # 3x3 conv with stride r to shrink by r. ShuffleNets and VGG8 cut at half the resolution of
@@ -80,6 +87,18 @@ def test_imagenet_spec_builds_and_trains() -> None:
     assert result.student.block_shapes == [(64, 56, 56), (128, 28, 28), (256, 14, 14), (512, 7, 7)]
     kinds, strides = EXPECTED_TRANSFORMS[IMAGENET.stem]
     assert [p.kind for p in result.transforms] == kinds and [p.stride for p in result.transforms] == strides
+    _train_step(result.sftn, result.spec, batch=1)
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMER_SPECS))
+def test_transformer_spec_builds_and_trains(name: str) -> None:
+    """Verified (teacher blocks equal the model, exact branch shapes), one step at batch 1, 224x224."""
+    result = splicer.compile_spec(REPO / "specs" / f"{name}.yaml")
+    assert result.equivalence_error is not None and result.equivalence_error < 1e-5
+    teacher_kind, student_kind = TRANSFORMER_SPECS[name]
+    assert {lay.kind for lay in result.teacher.block_layouts} == {teacher_kind}
+    assert {lay.kind for lay in result.student.block_layouts} == {student_kind}
+    assert len(result.teacher.block_ends) == len(result.student.block_ends) == 4
     _train_step(result.sftn, result.spec, batch=1)
 
 

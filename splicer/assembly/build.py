@@ -23,10 +23,17 @@ from splicer.spec import Spec, load_spec
 from splicer.spec.schema import NetworkSpec
 from splicer.synthesis.transforms import Transform, TransformPlan, plan_transform
 from splicer.trace.cuts import CutPoint, find_cut_points, resolve_block_ends
+from splicer.trace.layouts import FeatureLayout
 from splicer.trace.partition import split_graph
 from splicer.trace.preactivation import find_preactivations
 from splicer.trace.shapes import propagate_shapes
-from splicer.trace.stages import auto_block_ends, check_feature_layout, match_ends
+from splicer.trace.stages import (
+    auto_block_ends,
+    check_feature_layout,
+    depth_block_ends,
+    is_isotropic,
+    match_ends,
+)
 from splicer.trace.tracer import TracedModel, trace_model
 
 EQUIVALENCE_TOLERANCE = 1e-5
@@ -52,6 +59,11 @@ class NetworkPlan:
     @property
     def block_labels(self) -> list[str]:
         return [c.label for c in self.block_ends]
+
+    @property
+    def block_layouts(self) -> list[FeatureLayout]:
+        """Every block end's layout (plan_network refuses block ends without one)."""
+        return [c.layout for c in self.block_ends]  # type: ignore[misc]
 
 
 @dataclass
@@ -93,7 +105,7 @@ def compile_spec(spec_or_path: Spec | str | Path, verify: bool = True) -> BuildR
     _pair_blocks(teacher, student, source, notes)
     transforms = [
         plan_transform(
-            teacher.block_shapes[i], student.block_shapes[i], spec.transforms.equal_kernel, spec.transforms.activation
+            teacher.block_layouts[i], student.block_layouts[i], spec.transforms.equal_kernel, spec.transforms.activation
         )
         for i in range(len(teacher.block_ends) - 1)
     ]
@@ -115,7 +127,7 @@ def plan_network(spec: Spec, network: NetworkSpec, role: str, source: str, notes
         propagate_shapes(traced.graph_module, spec.input_size)
     except SplicerError as exc:
         raise SplicerError(f"{source}: {role}.model: {exc}") from None
-    cut_points = find_cut_points(traced)
+    cut_points = find_cut_points(traced, model)
     check_feature_layout(model, cut_points, f"{source}: {role}.model: {network.model}")
     where = f"{source}: {role}.blocks"
     if network.blocks == "auto":
@@ -131,10 +143,11 @@ def plan_network(spec: Spec, network: NetworkSpec, role: str, source: str, notes
         by_node = {c.node: c for c in cut_points}
         ends = [by_node[n.name] for n in nodes]
         for index, end in enumerate(ends):
-            if len(end.shape) != 3:
+            if end.layout is None:
                 raise CutError(
-                    f"{where}[{index}]: {network.blocks[index]!r} has shape {end.shape}; a block end must be a "
-                    "feature map (channels, height, width)"
+                    f"{where}[{index}]: {network.blocks[index]!r} has shape {end.shape}, which is no feature: a block "
+                    "end must be an NCHW map (C, H, W), an NHWC map (H, W, C) or a token sequence over the patch grid "
+                    "(prefix + h*w, C); see the layout column of `splicer inspect`"
                 )
     node_by_name = {n.name: n for n in traced.nodes}
     parts = split_graph(traced.graph_module, [node_by_name[c.node] for c in ends])
@@ -160,7 +173,10 @@ def _pair_blocks(teacher: NetworkPlan, student: NetworkPlan, source: str, notes:
                     f"{source}: {plan.role}.blocks lists {len(plan.block_ends)} block ends but the other network "
                     f"has only {n} stages; list {n} block ends"
                 )
-            kept = match_ends(plan.block_ends, other.block_shapes)
+            if is_isotropic(plan.block_ends):  # cut by depth again, into as many groups as the other side
+                kept = depth_block_ends(plan.traced, plan.model, plan.cut_points, n)
+            else:
+                kept = match_ends(plan.block_ends, [lay.grid for lay in other.block_layouts])
             dropped = [c.label for c in plan.block_ends if c not in kept]
             notes.append(
                 f"{plan.role}: auto kept {', '.join(c.label for c in kept)} to pair with the other network's "
@@ -183,10 +199,22 @@ def assemble(spec: Spec, teacher: NetworkPlan, student: NetworkPlan, transforms:
         fresh = create_model(network.model, spec.num_classes, network.kwargs, network.checkpoint)
         for name, module in student.traced.added_modules.items():
             fresh.add_module(name, copy.deepcopy(module))
+        _copy_traced_constants(student.traced.graph_module, fresh)
         parts = split_graph(student.traced.graph_module, cut_nodes, root=fresh)
         blocks = parts[i + 1 : -1]
         branches.append(Branch(Transform(plan), blocks, parts[-1], clone_input=_clone_flags(blocks[:1])[0]))
     return SFTN(teacher_net, branches)
+
+
+def _copy_traced_constants(traced: fx.GraphModule, fresh: nn.Module) -> None:
+    """Tensor constants the tracer lifted onto the traced module (``_tensor_constant0``, e.g. Swin V2's
+    relative-position tables) are no attributes of a fresh model instance: give it the same ones."""
+    for node in traced.graph.nodes:
+        if node.op != "get_attr" or "." in str(node.target) or hasattr(fresh, str(node.target)):
+            continue
+        value = getattr(traced, str(node.target))
+        if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+            fresh.register_buffer(str(node.target), value.clone(), persistent=False)
 
 
 def build_student(spec: Spec | str | Path) -> TappedBlockNet:
@@ -199,7 +227,8 @@ def block_net(plan: NetworkPlan) -> TappedBlockNet:
     """The planned network run block by block, sharing the traced model's weights, with its pre-activation taps."""
     blocks = plan.parts[:-1]
     taps = find_preactivations(plan.traced, plan.cut_points, plan.block_ends, blocks)
-    return TappedBlockNet(blocks, plan.parts[-1], clone_inputs=_clone_flags(blocks), taps=taps)
+    layouts = [c.layout.describe() if c.layout is not None and c.layout.kind != "nchw" else "" for c in plan.block_ends]
+    return TappedBlockNet(blocks, plan.parts[-1], clone_inputs=_clone_flags(blocks), taps=taps, layouts=layouts)
 
 
 def verify_build(result: BuildResult) -> float:
@@ -207,10 +236,10 @@ def verify_build(result: BuildResult) -> float:
 
     In eval mode, on a seeded random image: the teacher's blocks run in sequence must
     reproduce the original teacher's logits (real compute). Each branch is then run on fake
-    tensors (shapes only, no compute): every transform must give the student block's input
-    shape, every branch logits of the right shape.
+    tensors (shapes only, no compute; real ones where a branch reads tensor values): every
+    transform must give the student block's input shape, every branch logits of the right shape.
     """
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 
     spec, sftn = result.spec, result.sftn
     x = torch.randn(1, *spec.input_size, generator=torch.Generator().manual_seed(0))
@@ -222,15 +251,15 @@ def verify_build(result: BuildResult) -> float:
         with torch.no_grad():
             expected = original(x)
             features, logits = sftn.teacher.forward_features(x)
-            with FakeTensorMode(allow_non_fake_inputs=True) as fake:
-                for i, (branch, plan) in enumerate(zip(sftn.branches, result.transforms), start=1):
-                    feature = fake.from_tensor(features[i - 1])
-                    shape = tuple(branch.transform(feature).shape[1:])
-                    if shape != plan.target:
-                        raise SplicerError(f"internal error: transform T^{i} gives {shape}, expected {plan.target}")
-                    branch_shape = tuple(branch(feature).shape)
-                    if branch_shape != (1, spec.num_classes):
-                        raise SplicerError(f"internal error: branch {i} gives logits of shape {branch_shape}")
+            state = _module_state(sftn.branches)
+            try:
+                with FakeTensorMode(allow_non_fake_inputs=True) as fake:
+                    _check_branches(result, [fake.from_tensor(f) for f in features])
+            except DataDependentOutputException:  # a branch reads tensor values (ConViT): check it for real
+                _restore_module_state(sftn.branches, state)
+                _check_branches(result, features)
+            finally:
+                _restore_module_state(sftn.branches, state)
     finally:
         original.train(modes[0])
         sftn.train(modes[1])
@@ -243,6 +272,41 @@ def verify_build(result: BuildResult) -> float:
             "register such modules with timm.layers.register_notrace_module to keep them opaque"
         )
     return error
+
+
+def _module_state(root: nn.Module) -> dict[tuple[int, str], object]:
+    """Every module's plain attributes and buffers, by module id and name (parameters are never reassigned)."""
+    state: dict[tuple[int, str], object] = {}
+    for m in root.modules():
+        state.update({(id(m), k): v for k, v in vars(m).items() if not k.startswith("_")})
+        state.update({(id(m), f"buffer:{k}"): v for k, v in m._buffers.items()})
+    return state
+
+
+def _restore_module_state(root: nn.Module, state: dict[tuple[int, str], object]) -> None:
+    """Undo tensors a forward on fake tensors cached on a module (ConViT caches its position
+    indices): left in place, a fake tensor would turn every later real forward fake."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    for m in root.modules():
+        for k, v in list(vars(m).items()):
+            if isinstance(v, FakeTensor):
+                setattr(m, k, state.get((id(m), k)))
+        for k, v in list(m._buffers.items()):
+            if isinstance(v, FakeTensor):
+                m._buffers[k] = state.get((id(m), f"buffer:{k}"))  # type: ignore[assignment]
+
+
+def _check_branches(result: BuildResult, features: list[torch.Tensor]) -> None:
+    """Every transform gives its student block's input shape; every branch gives logits of the right shape."""
+    for i, branch in enumerate(result.sftn.branches, start=1):
+        shape = tuple(branch.transform(features[i - 1]).shape[1:])
+        expected_shape = result.student.block_shapes[i - 1]
+        if shape != expected_shape:
+            raise SplicerError(f"internal error: transform T^{i} gives {shape}, expected {expected_shape}")
+        branch_shape = tuple(branch(features[i - 1]).shape)
+        if branch_shape != (1, result.spec.num_classes):
+            raise SplicerError(f"internal error: branch {i} gives logits of shape {branch_shape}")
 
 
 def _clone_flags(blocks: list[fx.GraphModule]) -> list[bool]:

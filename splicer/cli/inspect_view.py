@@ -58,13 +58,13 @@ def print_overview(data: dict[str, Any], console: Any) -> None:
         return f"{who} end (auto)" if net["auto"] else f"{who} end"
 
     blocks = _table(
-        "Block", end(teacher, "Teacher"), "Shape", "Params", end(student, "Student"), "Shape", "Params",
+        "Block", end(teacher, "Teacher"), "Layout", "Params", end(student, "Student"), "Layout", "Params",
         title="Blocks",
     )
     for t, s in zip(teacher["blocks"], student["blocks"]):
         blocks.add_row(
-            str(t["index"]), t["end"], _shape(t["shape"]), format_count(t["parameters"]),
-            s["end"], _shape(s["shape"]), format_count(s["parameters"]),
+            str(t["index"]), t["end"], t["layout"], format_count(t["parameters"]),
+            s["end"], s["layout"], format_count(s["parameters"]),
         )
     blocks.add_row(
         "head", "-> z_T", "", format_count(teacher["head_parameters"]),

@@ -153,7 +153,7 @@ def _inspect_model(reference: str, input_size: tuple[int, int, int], num_classes
     model = create_model(reference, num_classes)
     traced = trace_model(model, name=reference)
     propagate_shapes(traced.graph_module, input_size)
-    cuts = find_cut_points(traced)
+    cuts = find_cut_points(traced, model)
     try:
         check_feature_layout(model, cuts, reference)
         auto_ends, origin = auto_block_ends(traced, model, cuts, None)
@@ -162,9 +162,14 @@ def _inspect_model(reference: str, input_size: tuple[int, int, int], num_classes
     auto = {c.node for c in auto_ends}
     shown = cuts if all_cuts else [c for c in cuts if c.stage_end or c.node in auto]
     title = f"{reference} at {'x'.join(map(str, input_size))}: {len(cuts)} valid cut points, {len(shown)} shown"
-    table = Table("Cut point (spec name)", "fx node", "Output shape", "Stage end", "auto", title=title, title_justify="left")
+    table = Table(
+        "Cut point (spec name)", "fx node", "Output shape", "Layout", "Stage end", "auto", title=title, title_justify="left"
+    )
     for c in shown:
-        table.add_row(c.label, c.node, "x".join(map(str, c.shape)), "yes" if c.stage_end else "", "yes" if c.node in auto else "")
+        layout = c.layout.describe() if c.layout is not None else "-"
+        table.add_row(
+            c.label, c.node, "x".join(map(str, c.shape)), layout, "yes" if c.stage_end else "", "yes" if c.node in auto else ""
+        )
     console.print(table)
     console.print(f"auto: {', '.join(c.label for c in auto_ends)} ({origin})", highlight=False, markup=False)
     if not all_cuts:

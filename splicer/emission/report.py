@@ -13,6 +13,7 @@ from splicer.assembly.build import BuildResult
 from splicer.emission.graph import branch_graph, count_parameters, to_mermaid
 from splicer.emission.layers import COLUMNS, PartTable, layer_tables
 from splicer.spec import Spec
+from splicer.trace.cuts import CutPoint
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -26,12 +27,17 @@ def _students(spec: Spec) -> str:
     return f"branch student {spec.branch_student.model}, distilled student {spec.student.model}"
 
 
+def layout_text(cut: CutPoint) -> str:
+    """A block end's layout (``tokens 1+14x14 x384``), or its bare shape when it has none."""
+    return cut.layout.describe() if cut.layout is not None else _shape(cut.shape)
+
+
 def summary_lines(result: BuildResult) -> list[str]:
     """The few lines ``splicer build`` prints: blocks, transforms, parameters, time."""
     spec, sftn = result.spec, result.sftn
     lines = [f"SFTN {spec.name}: teacher {spec.teacher.model}, {_students(spec)}, {len(sftn.teacher.blocks)} blocks"]
     for plan in (result.teacher, result.student):
-        ends = ", ".join(f"{label} ({_shape(shape)})" for label, shape in zip(plan.block_labels, plan.block_shapes))
+        ends = ", ".join(f"{c.label} ({layout_text(c)})" for c in plan.block_ends)
         lines.append(f"  {plan.role.replace('_', ' ')} block ends{' (auto)' if plan.auto else ''}: {ends}")
     for i, plan in enumerate(result.transforms, start=1):
         lines.append(f"  T^{i}: {plan.describe()}")
@@ -55,8 +61,8 @@ def summary_data(result: BuildResult, tables: list[PartTable] | None = None) -> 
 
     ``format`` (``splicer.inspect/1``), ``name``, ``source``, ``input_size``, ``num_classes``;
     ``teacher`` and ``student``: ``model``, ``auto`` (blocks chosen by ``blocks: auto``),
-    ``blocks`` (per block: ``index`` from 1, ``end`` (the cut point), ``shape`` [C, H, W],
-    ``parameters``), ``head_parameters``, ``parameters`` (the whole network; for the student,
+    ``blocks`` (per block: ``index`` from 1, ``end`` (the cut point), ``shape`` (per sample),
+    ``layout`` (e.g. ``NCHW 64x8x8`` or ``tokens 1+14x14 x384``), ``parameters``), ``head_parameters``, ``parameters`` (the whole network; for the student,
     the plain student outside the SFTN); ``branches``: per branch ``index`` i, ``from_block``
     (teacher block i), ``transform`` (``layer``, ``description``, ``source_shape``,
     ``target_shape``, ``parameters``), ``student_blocks`` (indices i+1..N), ``parameters`` (the
@@ -73,8 +79,14 @@ def summary_data(result: BuildResult, tables: list[PartTable] | None = None) -> 
             "model": model,
             "auto": plan.auto,
             "blocks": [
-                {"index": k, "end": label, "shape": list(shape), "parameters": count_parameters(block)}
-                for k, (label, shape, block) in enumerate(zip(plan.block_labels, plan.block_shapes, blocks), start=1)
+                {
+                    "index": k,
+                    "end": cut.label,
+                    "shape": list(cut.shape),
+                    "layout": layout_text(cut),
+                    "parameters": count_parameters(block),
+                }
+                for k, (cut, block) in enumerate(zip(plan.block_ends, blocks), start=1)
             ],
             "head_parameters": count_parameters(head),
             "parameters": count_parameters(whole),
@@ -150,16 +162,33 @@ def markdown_report(result: BuildResult, tables: list[PartTable] | None = None) 
         "",
     ]
     out += ["## Summary", "", "```", *summary_lines(result), "```", ""]
-    out += ["## Blocks", "", "| Block | Teacher end | Teacher shape | Branch student end | Branch student shape |", "|---|---|---|---|---|"]
-    for k, (t_label, t_shape, s_label, s_shape) in enumerate(
-        zip(result.teacher.block_labels, result.teacher.block_shapes, result.student.block_labels, result.student.block_shapes),
-        start=1,
-    ):
-        out.append(f"| {k} | `{t_label}` | {_shape(t_shape)} | `{s_label}` | {_shape(s_shape)} |")
-    out += ["", "## Transforms", "", "| Branch | From teacher | To student | Layer | Parameters |", "|---|---|---|---|---|"]
-    for i, (plan, branch) in enumerate(zip(result.transforms, sftn.branches), start=1):
+    out += [
+        "## Blocks",
+        "",
+        "| Block | Teacher end | Teacher shape | Teacher layout | Branch student end | Branch student shape | Branch student layout |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for k, (t_end, s_end) in enumerate(zip(result.teacher.block_ends, result.student.block_ends), start=1):
         out.append(
-            f"| {i} | B_T^{i} {_shape(plan.source)} | B_S^{i + 1} {_shape(plan.target)} | {plan.describe()} | "
+            f"| {k} | `{t_end.label}` | {_shape(t_end.shape)} | {layout_text(t_end)} | `{s_end.label}` | "
+            f"{_shape(s_end.shape)} | {layout_text(s_end)} |"
+        )
+    out += [
+        "",
+        "## Transforms",
+        "",
+        "Each transform views the teacher feature as a map (prefix tokens dropped and the patch grid restored, or "
+        "channels-last permuted), applies the paper's conv + BN + ReLU, and puts the result in the layout the student "
+        "block expects (flattened to tokens after learned prefix tokens, or permuted channels-last).",
+        "",
+        "| Branch | From teacher | To student | Transform | Parameters |",
+        "|---|---|---|---|---|",
+    ]
+    for i, (plan, branch, t_end, s_end) in enumerate(
+        zip(result.transforms, sftn.branches, result.teacher.block_ends, result.student.block_ends), start=1
+    ):
+        out.append(
+            f"| {i} | B_T^{i} {layout_text(t_end)} | B_S^{i + 1} {layout_text(s_end)} | {plan.describe()} | "
             f"{count_parameters(branch.transform):,} |"
         )
     out += ["", "## Parameters", "", "| Part | Parameters |", "|---|---|"]

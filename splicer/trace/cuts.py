@@ -8,27 +8,30 @@ Parameters and buffers (``get_attr``) are not values here: any block can fetch t
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from dataclasses import dataclass
 from itertools import groupby
 
-from torch import fx
+from torch import fx, nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from splicer.errors import CutError, closest
+from splicer.trace.layouts import FeatureLayout, infer_layouts
 from splicer.trace.shapes import tensor_shape
 from splicer.trace.tracer import TracedModel
 
 
 @dataclass(frozen=True)
 class CutPoint:
-    """A valid block end: the node, the module whose output it is (if any), its shape."""
+    """A valid block end: the node, the module whose output it is (if any), its shape and layout."""
 
     node: str
     module_path: str | None
     shape: tuple[int, ...]
     position: int
     stage_end: bool = False
+    layout: FeatureLayout | None = None  # None: not a feature (logits, attention scores, ...)
 
     @property
     def label(self) -> str:
@@ -118,8 +121,12 @@ def module_outputs(traced: TracedModel) -> dict[str, str]:
     return outermost
 
 
-def find_cut_points(traced: TracedModel) -> list[CutPoint]:
-    """Every valid cut point of a shape-propagated graph, with stage ends marked (see :func:`graph_stage_ends`)."""
+def find_cut_points(traced: TracedModel, model: nn.Module | None = None) -> list[CutPoint]:
+    """Every valid cut point of a shape-propagated graph, with its feature layout and stage ends marked.
+
+    ``model`` (the original) lends timm's generic token attributes where the graph does not
+    show the token grid (see :mod:`splicer.trace.layouts`); stage ends: :func:`graph_stage_ends`.
+    """
     nodes = traced.nodes
     live = live_values(traced)
     outputs = module_outputs(traced)
@@ -133,20 +140,26 @@ def find_cut_points(traced: TracedModel) -> list[CutPoint]:
         if shape is None or live[i] != [node]:
             continue
         found.append(CutPoint(node.name, outputs.get(node.name), shape, i))
+    layouts = infer_layouts(traced.graph_module, [c.node for c in found], model)
+    found = [dataclasses.replace(c, layout=layouts.get(c.node)) for c in found]
     marked = {c.node for c in graph_stage_ends(found)}
-    return [CutPoint(c.node, c.module_path, c.shape, c.position, c.node in marked) for c in found]
+    return [dataclasses.replace(c, stage_end=c.node in marked) for c in found]
+
+
+def feature_cuts(cut_points: list[CutPoint]) -> list[CutPoint]:
+    """Cut points holding a spatial feature (a known layout, grid larger than 1x1): candidate block ends."""
+    return [c for c in cut_points if c.layout is not None and c.layout.grid != (1, 1)]
 
 
 def graph_stage_ends(cut_points: list[CutPoint]) -> list[CutPoint]:
-    """One stage end per run of cut points at one spatial size.
+    """One stage end per run of cut points at one grid size (maps and tokens alike).
 
     The chosen cut point is the output of the shallowest module in the run (``layer1``
     rather than ``layer2.0.act1``, a pre-activation that opens the next stage), the latest
     on ties. Globally pooled maps (1x1) belong to the head, not to a stage.
     """
-    spatial = [c for c in cut_points if len(c.shape) == 3 and c.shape[1:] != (1, 1)]
     ends = []
-    for _, group in groupby(spatial, key=lambda c: c.shape[1:]):
+    for _, group in groupby(feature_cuts(cut_points), key=lambda c: c.layout.grid):
         run = list(group)
         modules = [c for c in run if c.module_path]
         if modules:

@@ -72,6 +72,9 @@ def distill(
     teacher_net = network_from_checkpoint(checkpoint, teacher_path, spec)
     teacher_net.requires_grad_(False)
     loss_method = create_method(method, spec.distill, block_shapes(teacher_net, spec), block_shapes(student, spec))
+    if loss_method.needs_features or loss_method.needs_preactivations:
+        teacher_net.check_feature_maps("teacher", method)
+        student.check_feature_maps("student", method)
     if loss_method.needs_preactivations:  # before the run folder exists: a block end without a ReLU is a spec error
         teacher_net.check_preactivations("teacher", method)
         student.check_preactivations("student", method)

@@ -19,7 +19,7 @@ tf 2.7, ss 10.0, T 4, T_tf 4, T_ss 0.5, ratios 1.0 and 0.75; the head phase last
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +126,7 @@ class SSKD(DistillMethod):
     """SSKD's own objective (CE, KD, transformation KD, similarity KD) after the teacher-head phase."""
 
     Options = SSKDOptions
+    needs_features: ClassVar[bool] = True  # its objective pools the last block's output (NCHW maps only)
 
     def __init__(
         self,
