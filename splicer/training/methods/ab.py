@@ -9,9 +9,11 @@ above +margin where it is on (t > 0), with the authors' hinge-squared "alternati
 
 Scale, as both the benchmark's ``ABLoss`` and the authors' CIFAR code: block i of N weighs
 2^-(N-1-i) (the last block 1, the one before 1/2, ...), the weighted sum is divided by the
-batch size and multiplied by 3/1000. Connectors as the authors': the identity where the
-student's block end already has the teacher's shape, else 1x1 conv + BN (OH's connector,
-resizing to the teacher's H x W first).
+batch size and multiplied by 3/1000. Connectors as the authors' (bhheo/AB_distillation): the
+identity where the student's block end already has the teacher's shape, else 1x1 conv without
+bias + BN, He-initialised (OH's connector, which first resizes to the teacher's H x W). The
+benchmark's ``Connector`` differs only where BN makes no difference (a conv bias) or where
+the sizes differ (a strided 3x3 conv instead of resizing) and in its default init.
 
 AB transfers the boundaries in an initialisation phase, ``RUN/phases/init``: the connectors
 and the student's blocks train with the AB loss alone (teacher frozen, the student's head
