@@ -35,6 +35,12 @@ crd          feature_weight: NCE loss, both ways      0.8                beta (-
              options.crd.sampling                     w/o repl. <= 100k  replace=               benchmark CRD data
 oh           feature_weight: partial L2 pre-ReLU,     1/1000             (/ 1000 in script)     OH authors' CIFAR
              all N, 2^-(N-i) per block, / batch
+ab           feature_weight: boundary loss in main    0                  beta x loss_kd = 0     benchmark loops
+             init phase: hinge^2 pre-ReLU, all N,     3/1000             / 1000 * 3             benchmark ABLoss
+             2^-(N-1-i) per block, / batch
+             options.ab.margin                        1.0                margin                 benchmark ABLoss
+             options.ab.init_epochs                   30/240 of main     init_epochs            benchmark
+             options.ab.init_lr (constant)            0.05               learning_rate          benchmark pretrain
 ft           feature_weight: factor L1, translator    200                beta (-b)              benchmark script
              options.ft.rate (factor / teacher ch.)   0.5                k                      benchmark Paraphraser
              options.ft.paraphraser_epochs            30/240 of main     init_epochs            benchmark
@@ -59,18 +65,22 @@ its spatial positions (the benchmark's feat[-1]). The T^2 factor lives inside th
 feature methods without KD (alpha 0); the paper adds KD to them because that trains better
 students, and so does splicer. OH is not in the benchmark; its default is the scale of the
 authors' CIFAR-100 code (clovaai/overhaul-distillation), here next to CE 0.1 + KD 0.9 as the
-paper trains every feature method. CRD samples its negatives from other classes, as the
-authors' ``--mode exact``, without replacement up to 100k training images (their CIFAR
-code) and with replacement above (their ImageNet code).
+paper trains every feature method. AB transfers the activation boundaries in its
+initialisation phase (connectors and the student's blocks, AB loss alone), then the student
+trains with CE 0.1 + KD 0.9 and AB weight 0, as the benchmark's main phase adds no AB term and
+the AB authors' CIFAR code (bhheo/AB_distillation) trains the initialised student with KD.
+CRD samples its negatives from other classes, as the authors' ``--mode exact``, without
+replacement up to 100k training images (their CIFAR code) and with replacement above (their
+ImageNet code).
 
-Methods with ``needs_preactivations`` (OH) receive each block end's value before its final
+Methods with ``needs_preactivations`` (OH, AB) receive each block end's value before its final
 ReLU instead of the block output; the compiler finds it in the traced graph
 (:mod:`splicer.trace.preactivation`), and ``prepare(teacher)`` lets a method read the
 frozen teacher (OH's margins from its BatchNorms) before training. Methods with
 ``needs_indices`` (CRD) receive each image's index in the training split.
 
-FT and SSKD train something first, with the teacher frozen (FT's paraphraser, SSKD's teacher
-head): a method declares such :class:`Phase` s, which run in the same run folder before the
+AB, FT and SSKD train something first, with the teacher frozen (AB's connectors and the
+student's blocks, FT's paraphraser, SSKD's teacher head): a method declares such :class:`Phase` s, which run in the same run folder before the
 main distillation (:mod:`splicer.training.phases`). A phase's default epochs are the
 authors' share of ``train.epochs`` (:func:`phase_epochs`), so shortened runs keep the
 proportion.
@@ -78,7 +88,7 @@ proportion.
 
 from __future__ import annotations
 
-from splicer.training.methods import at, crd, dkd, fitnets, ft, kd, oh, pkt, rkd, sp, sskd, vid  # noqa: F401  (each registers itself)
+from splicer.training.methods import ab, at, crd, dkd, fitnets, ft, kd, oh, pkt, rkd, sp, sskd, vid  # noqa: F401  (each registers itself)
 from splicer.training.methods.base import (
     METHODS,
     DistillMethod,
