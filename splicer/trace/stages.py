@@ -96,12 +96,12 @@ def _check_head(traced: TracedModel, ends: list[CutPoint]) -> None:
     """
     if not ends:
         return
-    counts = _parameter_counts(traced)
+    counts = _inner_weight_layer_counts(traced)
     in_blocks, total = counts[ends[-1].position], counts[-1]
     if total - in_blocks > in_blocks:
         raise UnsupportedModelError(
-            f"blocks: auto: the last valid cut point, {ends[-1].label}, leaves {total - in_blocks:,} of {total:,} "
-            "parameters to the head: no single tensor is live between the model's later stages "
+            f"blocks: auto: the last valid cut point, {ends[-1].label}, leaves {total - in_blocks} of {total} "
+            "conv/linear layers to the head: no single tensor is live between the model's later stages "
             "(e.g. class tokens passed beside the feature map), so it cannot be cut into blocks there"
         )
 
@@ -178,23 +178,14 @@ def merge_slivers(traced: TracedModel, ends: list[CutPoint]) -> list[CutPoint]:
     return ends
 
 
-def _parameter_counts(traced: TracedModel) -> list[int]:
-    """For each node position, how many parameters the modules and attributes run up to it hold.
-
-    Parameters, not layers: a module kept opaque by the tracer (timm's NF-Net stages) holds
-    its layers out of the graph's sight, but not its parameters."""
+def _inner_weight_layer_counts(traced: TracedModel) -> list[int]:
+    """For each node position, how many conv/linear layers run up to it, counting those inside a
+    module the tracer kept opaque (timm's NF-Net stages hold their convs out of the graph's sight)."""
     modules = dict(traced.graph_module.named_modules())
-    params = dict(traced.graph_module.named_parameters())
-    seen: set[str] = set()
     counts, total = [], 0
     for node in traced.nodes:
-        target = str(node.target)
-        if target not in seen and node.op in ("call_module", "get_attr"):
-            seen.add(target)
-            if node.op == "call_module" and target in modules:
-                total += sum(p.numel() for p in modules[target].parameters())
-            elif target in params:
-                total += params[target].numel()
+        if node.op == "call_module" and node.target in modules:
+            total += sum(isinstance(m, _WEIGHT_LAYERS) for m in modules[node.target].modules())
         counts.append(total)
     return counts
 
