@@ -36,6 +36,7 @@ RESULTS = REPO / "benchmarks" / "results"
 CIFAR_TOOL = REPO.parent / "shared" / "tools" / "cifar10-root"
 CONFIGS = {
     "cpu": ["proof_cpu.yaml"],
+    "cpu-overfit": ["proof_cpu_overfit.yaml"],
     "gpu": ["proof_gpu_resnet32x4_resnet8x4.yaml", "proof_gpu_wrn40_2_wrn16_2.yaml"],
 }
 VALIDATION_IMAGES = 5000
@@ -164,6 +165,82 @@ def timing_table(report: dict[str, Any], pipeline: float) -> tuple[list[str], di
     return lines, {"runs": numbers, "sftn_step_relative": sftn_step, "pipeline_img_per_s": pipeline}
 
 
+TEACHER_KINDS = ("standard", "sftn")
+CURVE_ROWS = 16  # the markdown table shows at most this many evaluated epochs (the JSON keeps all)
+
+
+def teacher_curves(report: dict[str, Any]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Per teacher kind and seed, every epoch's training accuracy and (where evaluated) eval top-1.
+
+    Training accuracy is the running accuracy over the epoch's augmented batches in train mode,
+    as the trainer logs it; eval top-1 is on the held-out split (test, or val with --validation).
+    """
+    curves: dict[str, dict[str, list[dict[str, Any]]]] = {kind: {} for kind in TEACHER_KINDS}
+    for seed, runs in report["runs"].items():
+        for kind in TEACHER_KINDS:
+            lines = (Path(runs[kind]) / "metrics.jsonl").read_text().splitlines()
+            records = [json.loads(line) for line in lines if line.strip()]
+            curves[kind][str(seed)] = [
+                {"epoch": r["epoch"], "train_acc": r["train_acc"], "eval_top1": r.get("eval_top1")} for r in records
+            ]
+    return curves
+
+
+def curve_table(curves: dict[str, dict[str, list[dict[str, Any]]]], split: str) -> list[str]:
+    """Markdown rows: at evaluated epochs (thinned to CURVE_ROWS, the last always kept), each
+    teacher's training and eval accuracy, mean over seeds, and its gap (train - eval)."""
+
+    def at(kind: str, epoch: int, key: str) -> float:
+        return statistics.fmean(
+            r[key] for records in curves[kind].values() for r in records if r["epoch"] == epoch
+        )
+
+    first = next(iter(curves["standard"].values()))
+    evaluated = [r["epoch"] for r in first if r["eval_top1"] is not None]
+    step = max(1, math.ceil(len(evaluated) / CURVE_ROWS))
+    shown = evaluated[::step] + ([evaluated[-1]] if (len(evaluated) - 1) % step else [])
+    lines = [
+        f"| Epoch | Standard train | Standard {split} | Standard gap | SFTN train | SFTN {split} | SFTN gap |",
+        "|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for epoch in shown:
+        cells = []
+        for kind in TEACHER_KINDS:
+            train, held_out = at(kind, epoch, "train_acc"), at(kind, epoch, "eval_top1")
+            cells += [f"{train:.2f}", f"{held_out:.2f}", f"{train - held_out:+.2f}"]
+        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_teacher_curves(pairs: dict[str, Any], split: str, path: Path, commit: str) -> None:
+    """One row per pair: training and eval accuracy per epoch, a thin line per seed, standard vs SFTN.
+    SVG (text, with the commit in its metadata) so that the stored figure is checked like the tables."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(11, 3.8 * len(pairs)), squeeze=False)
+    colours = {"standard": "tab:blue", "sftn": "tab:orange"}
+    for row, (pair, result) in enumerate(pairs.items()):
+        for kind, by_seed in result["curves"].items():
+            for index, records in enumerate(by_seed.values()):
+                label = kind if index == 0 else None
+                axes[row][0].plot([r["epoch"] for r in records], [r["train_acc"] for r in records],
+                                  color=colours[kind], linewidth=1, label=label)
+                scored = [r for r in records if r["eval_top1"] is not None]
+                axes[row][1].plot([r["epoch"] for r in scored], [r["eval_top1"] for r in scored],
+                                  color=colours[kind], linewidth=1, label=label)
+        axes[row][0].set(title=f"{pair}: teacher training accuracy (%)", xlabel="epoch")
+        axes[row][1].set(title=f"{pair}: teacher {split} top-1 (%)", xlabel="epoch")
+        for ax in axes[row]:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, format="svg", metadata={"Description": f"commit {commit}", "Date": None})
+    plt.close(fig)
+
+
 def probe(args: argparse.Namespace, root: Path, methods: list[str], seeds: list[int], name: str) -> float:
     """Seconds that one epoch of every run of the proof takes, summed (from the runs' own timings)."""
     from splicer.training.experiment import run_experiment
@@ -216,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     split = "val" if args.validation else "test"
-    name = f"proof_{args.config}{'_val' if args.validation else ''}{'_' + args.tag if args.tag else ''}"
+    name = f"proof_{args.config.replace('-', '_')}{'_val' if args.validation else ''}{'_' + args.tag if args.tag else ''}"
     command = portable_command("benchmarks/proof.py", argv if argv is not None else sys.argv[1:])
     commit = git_commit()
     sections = [
@@ -249,10 +326,20 @@ def main(argv: list[str] | None = None) -> None:
             out = args.runs / spec.name / name
             report = run_experiment(spec, methods, seeds, out=out, resume=True, quiet=args.quiet)
             lines, timing = timing_table(report, pipeline_rate(spec))
+            curves = teacher_curves(report)
             report = portable_report(report)
             body = render_markdown(report).replace("# ", "## ", 1)
-            sections += [body, "### Time", "", *lines, ""]
-            results["pairs"][spec.name] = {"report": report, "timing": timing}
+            fit = [
+                f"### The teachers' fit: training vs {split} accuracy (%), mean over seeds",
+                "",
+                "Training accuracy: the running accuracy over each epoch's augmented batches in train mode. "
+                f"Every epoch's values, per seed, are in the JSON and in `{name}_curves.svg`.",
+                "",
+                *curve_table(curves, split),
+                "",
+            ]
+            sections += [body, *fit, "### Time", "", *lines, ""]
+            results["pairs"][spec.name] = {"report": report, "timing": timing, "curves": curves}
     except SplicerError as exc:
         sys.exit(f"proof.py: {exc}")
     from splicer.training.distributed import Distributed
@@ -265,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.md").write_text("\n".join(sections))
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot_teacher_curves(results["pairs"], split, args.out / f"{name}_curves.svg", commit)
     print("\n".join(sections))
     print(f"wrote {args.out / (name + '.md')} and .json")
 

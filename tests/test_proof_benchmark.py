@@ -187,3 +187,33 @@ def test_ablation_table_pairs_differences_by_seed_and_schedule(tmp_path, monkeyp
     assert "| sftn-e40 | 40 | 10 | 61.00 ± 1.41 | 56.50 ± 0.71 | +0.00 ± 1.41 | +5.50 ± 0.71 |" in lines
     with pytest.raises(SystemExit):
         sftn_ablation.main(["--only", "no-such-variant"])
+
+
+def test_teacher_curves_table_and_figure_from_the_runs_metrics(tmp_path):
+    """The over-fitting proof's curves: every epoch read back per seed, the table at evaluated
+    epochs (thinned, the last kept) with means over seeds and the train - eval gap, an SVG
+    figure that records its commit."""
+    proof = benchmark_module("proof")
+    runs = {}
+    for seed in (0, 1):
+        runs[str(seed)] = {}
+        for kind in ("standard", "sftn"):
+            folder = tmp_path / f"seed{seed}" / kind
+            folder.mkdir(parents=True)
+            records = [
+                {"epoch": e, "train_acc": 50.0 + e + seed, "eval_top1": (40.0 + e if e % 5 == 0 else None)}
+                for e in range(1, 101)
+            ]
+            (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            runs[str(seed)][kind] = str(folder)
+    curves = proof.teacher_curves({"runs": runs})
+    assert len(curves["sftn"]["1"]) == 100 and curves["standard"]["0"][4] == {
+        "epoch": 5, "train_acc": 55.0, "eval_top1": 45.0
+    }
+    lines = proof.curve_table(curves, "test")
+    rows = [line.split(" | ") for line in lines[2:]]
+    assert [int(r[0].strip("| ")) for r in rows] == [5, 15, 25, 35, 45, 55, 65, 75, 85, 95, 100]
+    assert rows[0][1:4] == ["55.50", "45.00", "+10.50"]  # mean train over seeds 0, 1; gap train - test
+    svg = tmp_path / "curves.svg"
+    proof.plot_teacher_curves({"pair": {"curves": curves}}, "test", svg, "commit-abc")
+    assert "commit commit-abc" in svg.read_text() and svg.read_text().lstrip().startswith("<?xml")
