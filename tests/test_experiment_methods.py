@@ -114,12 +114,16 @@ def test_a_failing_method_is_reported_in_its_row_and_the_others_go_on(experiment
     assert (out / "curves.png").is_file()
 
 
-def test_report_with_seeds_and_a_failure_in_one_seed_only():
-    """Built from summaries: a cell is scored only when every seed finished; the others are kept."""
+def test_report_with_seeds_and_a_failure_in_one_seed_only(tmp_path: Path):
+    """Built from summaries: a cell is scored only when every seed finished; the others are kept.
+    A method's time counts its phases' (here AT from the standard teacher, seed 1: a 4 s phase)."""
+    phased = tmp_path / "at-from-standard"
+    (phased / "phases" / "init").mkdir(parents=True)
+    (phased / "phases" / "init" / "summary.json").write_text(json.dumps({"wall_seconds": 4.0}))
 
-    def done(top1: float, seconds: float = 10.0) -> dict:
+    def done(top1: float, seconds: float = 10.0, run: Path = tmp_path / "plain") -> dict:
         return {"final": {"top1": top1}, "wall_seconds": seconds, "step_seconds_median": seconds / 100,
-                "similarity": {"kl": 0.1, "cka": 0.9}, "run": "r", "eval_split": "test"}  # fmt: skip
+                "similarity": {"kl": 0.1, "cka": 0.9}, "run": str(run), "eval_split": "test"}  # fmt: skip
 
     results = {
         seed: {
@@ -128,7 +132,7 @@ def test_report_with_seeds_and_a_failure_in_one_seed_only():
             "student": done(60.0),
             "kd-from-standard": done(65.0 + seed),
             "kd-from-sftn": done(66.0 + seed, 20.0),
-            "at-from-standard": done(64.0),
+            "at-from-standard": done(64.0, run=phased if seed == 1 else tmp_path / "plain"),
             "at-from-sftn": done(67.0) if seed == 0 else {"run": "r", "error": "diverged"},
         }
         for seed in (0, 1)
@@ -144,7 +148,8 @@ def test_report_with_seeds_and_a_failure_in_one_seed_only():
     assert report["mean_delta"] == {"mean": 1.0, "methods": ["kd"]}
     markdown = render_markdown(report)
     assert "| KD | 65.50 ± 0.71 | 66.50 ± 0.71 | +1.00 | 15.0 s | |" in markdown
-    assert "| AT | 64.00 ± 0.00 | failed |  | 10.0 s | seed 1, sftn teacher: diverged |" in markdown
+    assert at["wall_seconds"] == pytest.approx((10 + 14 + 10) / 3)  # both AT-from-standard runs, one SFTN
+    assert "| AT | 64.00 ± 0.00 | failed |  | 11.3 s | seed 1, sftn teacher: diverged |" in markdown
 
 
 def test_unknown_methods_and_options_fail_before_any_training(tmp_path: Path):

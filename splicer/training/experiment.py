@@ -212,7 +212,8 @@ def build_report(
 
     A method whose run failed for some seed and teacher has no score for that teacher (None),
     its messages under ``errors``; the Best row and the mean difference use the methods that
-    finished with both teachers. Time per method: mean wall seconds and step seconds of its runs.
+    finished with both teachers. Time per method: mean wall seconds of its runs, their phases
+    (AB's, FT's, SSKD's) included, and mean step seconds of the main runs.
     """
 
     def top1(key: str) -> dict[str, Any]:
@@ -228,7 +229,11 @@ def build_report(
         both = row["standard"] is not None and row["sftn"] is not None
         row["delta"] = row["sftn"]["mean"] - row["standard"]["mean"] if both else None
         done = [results[seed][key] for key in keys.values() for seed in seeds if "error" not in results[seed][key]]
-        row["wall_seconds"] = statistics.fmean(s["wall_seconds"] for s in done) if done else None
+        row["wall_seconds"] = (
+            statistics.fmean(s["wall_seconds"] + RunDir(Path(s["run"])).phases_wall_seconds() for s in done)
+            if done
+            else None
+        )
         row["step_seconds"] = {
             kind: statistics.fmean(results[seed][key]["step_seconds_median"] for seed in seeds)
             if finished(key)

@@ -6,6 +6,8 @@ A run folder is the unit users pass around (``--teacher RUN``, ``splicer eval RU
 
 from __future__ import annotations
 
+import json
+
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,11 @@ class RunDir:
         """Every last.pt of this run: its own and its phases', oldest first."""
         found = [self.last, *(self.path / "phases").glob("*/last.pt")]
         return sorted((p for p in found if p.is_file()), key=lambda p: p.stat().st_mtime)
+
+    def phases_wall_seconds(self) -> float:
+        """Wall seconds of this run's finished phases: part of what the method costs."""
+        summaries = (self.path / "phases").glob("*/summary.json")
+        return sum(json.loads(path.read_text())["wall_seconds"] for path in summaries)
 
     @property
     def started(self) -> bool:
