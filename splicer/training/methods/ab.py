@@ -34,7 +34,6 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from splicer.assembly.tapped import TappedBlockNet
-from splicer.spec.schema import DistillSpec
 from splicer.training.methods.base import FeatureMethod, MethodOptions, Phase, Shape, phase_epochs, register_method
 from splicer.training.methods.oh import Connector
 
@@ -74,14 +73,7 @@ class AB(FeatureMethod):
     default_feature_weight: ClassVar[float] = 0.0
     Options = ABOptions
 
-    def __init__(
-        self,
-        spec: DistillSpec,
-        teacher_shapes: list[Shape],
-        student_shapes: list[Shape],
-        options: MethodOptions | None = None,
-    ) -> None:
-        super().__init__(spec, teacher_shapes, student_shapes, options)
+    def build(self, teacher_shapes: list[Shape], student_shapes: list[Shape]) -> None:
         self.connectors = nn.ModuleList(
             nn.Identity() if tuple(s) == tuple(t) else Connector(s, t)
             for s, t in zip(student_shapes, teacher_shapes, strict=True)

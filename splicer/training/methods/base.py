@@ -156,11 +156,19 @@ class DistillMethod(nn.Module):
         student_shapes: list[Shape],
         options: MethodOptions | None = None,
     ) -> None:
-        """The shapes are (C, H, W) of each block output; methods with parameters size them from these."""
+        """The shapes are (C, H, W) of each block output; methods with parameters size them in :meth:`build`."""
         super().__init__()
         self.spec = spec
         self.options: Any = options if options is not None else self.Options()
         self.epoch = 0
+        self.build(teacher_shapes, student_shapes)
+
+    def build(self, teacher_shapes: list[Shape], student_shapes: list[Shape]) -> None:
+        """Create the method's modules and state from the block shapes; nothing by default.
+
+        Called at the end of ``__init__``, with ``spec`` and ``options`` set, so that a method
+        with modules overrides this one hook instead of repeating the constructor's signature.
+        """
 
     def set_epoch(self, epoch: int) -> None:
         """The trainer calls this before each epoch (0-based), so that a method with a schedule

@@ -27,7 +27,6 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from splicer.errors import SplicerError
-from splicer.spec.schema import DistillSpec
 from splicer.training.methods.base import FeatureMethod, MethodOptions, Shape, kd_loss, register_method
 
 if TYPE_CHECKING:
@@ -105,14 +104,7 @@ class CRD(FeatureMethod):
     class_start: Tensor
     class_count: Tensor
 
-    def __init__(
-        self,
-        spec: DistillSpec,
-        teacher_shapes: list[Shape],
-        student_shapes: list[Shape],
-        options: MethodOptions | None = None,
-    ) -> None:
-        super().__init__(spec, teacher_shapes, student_shapes, options)
+    def build(self, teacher_shapes: list[Shape], student_shapes: list[Shape]) -> None:
         dim = self.options.embed_dim
         self.embed_student = Embed(student_shapes[-1][0], dim)
         self.embed_teacher = Embed(teacher_shapes[-1][0], dim)

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from splicer.errors import SplicerError
-from splicer.spec.schema import DistillSpec
-from splicer.training.methods.base import FeatureMethod, MethodOptions, Shape, register_method, resize_to
+from splicer.training.methods.base import FeatureMethod, Shape, register_method, resize_to
 
 
 class HintRegressor(nn.Module):
@@ -35,20 +34,13 @@ class FitNets(FeatureMethod):
 
     default_feature_weight: ClassVar[float] = 100.0
 
-    def __init__(
-        self,
-        spec: DistillSpec,
-        teacher_shapes: list[Shape],
-        student_shapes: list[Shape],
-        options: MethodOptions | None = None,
-    ) -> None:
-        super().__init__(spec, teacher_shapes, student_shapes, options)
-        if spec.hint_block > len(teacher_shapes):
+    def build(self, teacher_shapes: list[Shape], student_shapes: list[Shape]) -> None:
+        if self.spec.hint_block > len(teacher_shapes):
             raise SplicerError(
-                f"hint_block {spec.hint_block} is out of range: the networks are cut into {len(teacher_shapes)} "
+                f"hint_block {self.spec.hint_block} is out of range: the networks are cut into {len(teacher_shapes)} "
                 f"blocks, so hint_block must be 1..{len(teacher_shapes)}"
             )
-        self.index = spec.hint_block - 1
+        self.index = self.spec.hint_block - 1
         self.regressor = HintRegressor(student_shapes[self.index], teacher_shapes[self.index])
 
     def feature_loss(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> Tensor:

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from splicer.spec.schema import DistillSpec
 from splicer.training.methods.base import (
     FeatureMethod,
     MethodOptions,
@@ -123,14 +122,7 @@ class FT(FeatureMethod):
     default_feature_weight: ClassVar[float] = 200.0
     Options = FTOptions
 
-    def __init__(
-        self,
-        spec: DistillSpec,
-        teacher_shapes: list[Shape],
-        student_shapes: list[Shape],
-        options: MethodOptions | None = None,
-    ) -> None:
-        super().__init__(spec, teacher_shapes, student_shapes, options)
+    def build(self, teacher_shapes: list[Shape], student_shapes: list[Shape]) -> None:
         teacher_channels = teacher_shapes[-1][0]
         factor_channels = max(1, int(teacher_channels * self.options.rate))
         self.paraphraser = Paraphraser(teacher_channels, factor_channels)

@@ -29,8 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from splicer.errors import SplicerError
-from splicer.spec.schema import DistillSpec
-from splicer.training.methods.base import FeatureMethod, MethodOptions, Shape, register_method, resize_to
+from splicer.training.methods.base import FeatureMethod, Shape, register_method, resize_to
 
 RARE_NEGATIVE = 0.001
 """Below this probability of a negative pre-activation the margin is -3 sigma (the authors' cut-off)."""
@@ -77,14 +76,7 @@ class OH(FeatureMethod):
     needs_preactivations: ClassVar[bool] = True
     default_feature_weight: ClassVar[float] = 1e-3
 
-    def __init__(
-        self,
-        spec: DistillSpec,
-        teacher_shapes: list[Shape],
-        student_shapes: list[Shape],
-        options: MethodOptions | None = None,
-    ) -> None:
-        super().__init__(spec, teacher_shapes, student_shapes, options)
+    def build(self, teacher_shapes: list[Shape], student_shapes: list[Shape]) -> None:
         self.connectors = nn.ModuleList(Connector(s, t) for s, t in zip(student_shapes, teacher_shapes, strict=True))
         count = len(teacher_shapes)
         self.layer_weights = [2.0 ** -(count - 1 - i) for i in range(count)]

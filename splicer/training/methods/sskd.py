@@ -27,7 +27,6 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from splicer.errors import SplicerError
-from splicer.spec.schema import DistillSpec
 from splicer.training.methods.base import (
     DistillMethod,
     MethodOptions,
@@ -128,14 +127,7 @@ class SSKD(DistillMethod):
     Options = SSKDOptions
     needs_features: ClassVar[bool] = True  # its objective pools the last block's output (NCHW maps only)
 
-    def __init__(
-        self,
-        spec: DistillSpec,
-        teacher_shapes: list[Shape],
-        student_shapes: list[Shape],
-        options: MethodOptions | None = None,
-    ) -> None:
-        super().__init__(spec, teacher_shapes, student_shapes, options)
+    def build(self, teacher_shapes: list[Shape], student_shapes: list[Shape]) -> None:
         self.teacher_head = ProjectionHead(teacher_shapes[-1][0])
         self.teacher_head.requires_grad_(False)  # trained only in its phase
         self.student_head = ProjectionHead(student_shapes[-1][0])

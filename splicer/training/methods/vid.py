@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from splicer.spec.schema import DistillSpec
 from splicer.training.methods.base import FeatureMethod, MethodOptions, Shape, register_method, resize_to
 
 
@@ -64,14 +63,7 @@ class VID(FeatureMethod):
     default_feature_weight: ClassVar[float] = 1.0
     Options = VIDOptions
 
-    def __init__(
-        self,
-        spec: DistillSpec,
-        teacher_shapes: list[Shape],
-        student_shapes: list[Shape],
-        options: MethodOptions | None = None,
-    ) -> None:
-        super().__init__(spec, teacher_shapes, student_shapes, options)
+    def build(self, teacher_shapes: list[Shape], student_shapes: list[Shape]) -> None:
         self.regressors = nn.ModuleList(
             GaussianRegressor(s[0], t[0], self.options.init_variance, self.options.eps)
             for s, t in zip(student_shapes, teacher_shapes, strict=True)
