@@ -1,12 +1,17 @@
-"""Shared fixtures: spec files written to a temporary folder."""
+"""Shared fixtures and helpers: spec files, torch on one thread, a run's metrics, checkpoints flattened."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,6 +26,34 @@ def write_spec(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    on a shared 2-core machine two intra-op threads can be slowed down a hundredfold by any other busy process."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def records(run: Path) -> list[dict]:
+    """The epoch records of a training run folder, in order (its metrics.jsonl)."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def flatten(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    """A checkpoint's nested dicts as one dict with dotted keys, for comparing two checkpoints tensor by tensor."""
+    flat = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def toy_spec(**overrides: object) -> dict:

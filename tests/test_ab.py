@@ -22,8 +22,8 @@ from splicer.training.methods import create_method
 from splicer.training.phases import phase_training
 from splicer.training.stage1 import train_teacher
 from splicer.training.stage2 import block_shapes, distill, distill_loss
-from tests.conftest import toy_spec
-from tests.test_phases import Interrupted, assert_same_checkpoint, interrupt_at_checkpoint, records
+from tests.conftest import records, toy_spec
+from tests.test_phases import Interrupted, assert_same_checkpoint, interrupt_at_checkpoint
 
 runner = CliRunner()
 

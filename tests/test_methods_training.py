@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from splicer.training.stage1 import train_teacher
 from splicer.training.stage2 import block_shapes, distill_loss
 from tests.conftest import toy_spec
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 METHOD_TERMS = {
     "kd": {"ce", "kd"},
@@ -42,14 +42,6 @@ def tiny_spec() -> dict:
         data={"dataset": "synthetic", "synthetic_train": 64, "synthetic_test": 32},
         train={"epochs": 1, "batch_size": 32, "lr": 0.05, "device": "cpu"},
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ weights of an uninterrupted run."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,9 @@ from splicer.spec import spec_from_dict
 from splicer.training import engine
 from splicer.training.stage1 import train_teacher
 from splicer.training.stage2 import distill
-from tests.conftest import toy_spec
+from tests.conftest import flatten, records, toy_spec
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 PHASES = {"ft": "paraphraser", "sskd": "teacher-head"}
 MAIN_TERMS = {"ft": {"ce", "kd", "feature"}, "sskd": {"ce", "kd", "tf", "ss"}}
@@ -41,14 +41,6 @@ def phase_spec(**train: object) -> dict:
     )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def spec_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("spec") / "toy.yaml"
@@ -61,10 +53,6 @@ def teacher(spec_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("teacher") / "standard"
     train_teacher(spec_from_dict(phase_spec()), standard=True, out=out, quiet=True)
     return out
-
-
-def records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("method", ["ft", "sskd"])
@@ -125,16 +113,6 @@ def interrupt_at_checkpoint(monkeypatch: pytest.MonkeyPatch, number: int | None)
 
     monkeypatch.setattr(engine, "save_atomic", save)
     return calls
-
-
-def flatten(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
-    flat = {}
-    for key, value in state.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def assert_same_checkpoint(a: Path, b: Path) -> None:

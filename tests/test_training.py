@@ -9,7 +9,6 @@ down a hundredfold by any other busy process.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,8 +24,9 @@ from splicer.training.evaluate import LinearCKA
 from splicer.training.overrides import apply_overrides
 from splicer.training.stage1 import train_teacher
 from splicer.training.stage2 import distill
-from tests.conftest import toy_spec
+from tests.conftest import flatten, records, toy_spec
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 CHANCE = 10.0  # percent, 10 classes
 METHODS = ("kd", "fitnets", "at")
@@ -40,14 +40,6 @@ def training_spec(**train: object) -> dict:
         distill={"methods": list(METHODS)},
     )
     return spec
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +58,6 @@ def experiment(spec_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     )
     assert result.exit_code == 0, result.output
     return out
-
-
-def records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def summary(run: Path) -> dict:
@@ -200,7 +188,7 @@ def test_resume_ends_with_exactly_the_uninterrupted_weights(experiment: Path, tm
     straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
     for part in ("model", "extra"):
-        flat_a, flat_b = _flatten(straight[part]), _flatten(resumed[part])
+        flat_a, flat_b = flatten(straight[part]), flatten(resumed[part])
         assert flat_a.keys() == flat_b.keys()
         for key in flat_a:
             assert torch.equal(flat_a[key], flat_b[key]), key
@@ -210,16 +198,6 @@ def test_resume_ends_with_exactly_the_uninterrupted_weights(experiment: Path, tm
     assert straight["scheduler"] == resumed["scheduler"]
     assert [r["epoch"] for r in records(tmp_path / "resumed")] == [1, 2]
     assert [r["loss"] for r in records(tmp_path / "resumed")] == [r["loss"] for r in records(tmp_path / "straight")]
-
-
-def _flatten(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
-    flat = {}
-    for key, value in state.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
