@@ -4,10 +4,12 @@ Drives splicer's own spec, data pipeline and trainer (``splicer run``) on the re
 in ``../shared/data`` and stores, per configuration, a markdown and a JSON table in
 ``benchmarks/results/``: teacher accuracy (standard, SFTN), student accuracy (alone, by KD
 from each), the paper's table-8 similarity (KL, CKA), wall time per stage, the SFTN step
-time relative to the standard teacher's, and the data pipeline's img/s relative to the model's.
+time relative to the standard teacher's, the data pipeline's img/s relative to the model's, and
+the teachers' training and held-out accuracy per epoch (table, JSON and an SVG figure).
 
     python benchmarks/proof.py --config cpu --seeds 0,1,2          # about 25 min a seed on 2 cores
     python benchmarks/proof.py --config cpu --validation --seeds 0 # choose settings on a val split
+    python benchmarks/proof.py --config cpu-overfit --seeds 0,1,2  # 150 epochs on 5,000 images: about an hour a seed
     python benchmarks/proof.py --config gpu --seeds 0 --fit-minutes 9   # both paper pairs, sized to 9 min
 
 Finished runs are reused (the experiment folder is resumed), so an interrupted proof
