@@ -177,11 +177,13 @@ def teacher_curves(report: dict[str, Any]) -> dict[str, dict[str, list[dict[str,
     Training accuracy is the running accuracy over the epoch's augmented batches in train mode,
     as the trainer logs it; eval top-1 is on the held-out split (test, or val with --validation).
     """
+    from splicer.training.logging import read_metrics
+    from splicer.training.runs import RunDir
+
     curves: dict[str, dict[str, list[dict[str, Any]]]] = {kind: {} for kind in TEACHER_KINDS}
     for seed, runs in report["runs"].items():
         for kind in TEACHER_KINDS:
-            lines = (Path(runs[kind]) / "metrics.jsonl").read_text().splitlines()
-            records = [json.loads(line) for line in lines if line.strip()]
+            records = read_metrics(RunDir(Path(runs[kind])).metrics)
             curves[kind][str(seed)] = [
                 {"epoch": r["epoch"], "train_acc": r["train_acc"], "eval_top1": r.get("eval_top1")} for r in records
             ]

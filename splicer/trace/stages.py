@@ -96,7 +96,7 @@ def _check_head(traced: TracedModel, ends: list[CutPoint]) -> None:
     """
     if not ends:
         return
-    counts = _inner_weight_layer_counts(traced)
+    counts = _weight_layer_counts(traced, inside_opaque=True)
     in_blocks, total = counts[ends[-1].position], counts[-1]
     if total - in_blocks > in_blocks:
         raise UnsupportedModelError(
@@ -178,24 +178,16 @@ def merge_slivers(traced: TracedModel, ends: list[CutPoint]) -> list[CutPoint]:
     return ends
 
 
-def _inner_weight_layer_counts(traced: TracedModel) -> list[int]:
-    """For each node position, how many conv/linear layers run up to it, counting those inside a
-    module the tracer kept opaque (timm's NF-Net stages hold their convs out of the graph's sight)."""
+def _weight_layer_counts(traced: TracedModel, inside_opaque: bool = False) -> list[int]:
+    """For each node position, how many conv/linear layers run up to and including it; with
+    ``inside_opaque``, also those inside a module the tracer kept opaque (timm's NF-Net stages
+    hold their convs out of the graph's sight)."""
     modules = dict(traced.graph_module.named_modules())
     counts, total = [], 0
     for node in traced.nodes:
-        if node.op == "call_module" and node.target in modules:
-            total += sum(isinstance(m, _WEIGHT_LAYERS) for m in modules[node.target].modules())
-        counts.append(total)
-    return counts
-
-
-def _weight_layer_counts(traced: TracedModel) -> list[int]:
-    """For each node position, how many conv/linear layers run up to and including it."""
-    modules = dict(traced.graph_module.named_modules())
-    counts, total = [], 0
-    for node in traced.nodes:
-        if node.op == "call_module" and isinstance(modules.get(node.target), _WEIGHT_LAYERS):
-            total += 1
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if module is not None:
+            layers = module.modules() if inside_opaque else [module]
+            total += sum(isinstance(m, _WEIGHT_LAYERS) for m in layers)
         counts.append(total)
     return counts

@@ -7,7 +7,6 @@ A run folder is the unit users pass around (``--teacher RUN``, ``splicer eval RU
 from __future__ import annotations
 
 import json
-
 import time
 from dataclasses import dataclass
 from pathlib import Path
