@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from splicer.data.augment import Normalize
 
 
 class Batches(Protocol):
@@ -32,6 +35,35 @@ class Batches(Protocol):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]: ...
 
     def __len__(self) -> int: ...
+
+
+class ShardedBatches:
+    """The state both batch streams share: the epoch counter and, after :meth:`shard`, which
+    rank this is; from them each rank's share of a global batch and its part of the eval split."""
+
+    def __init__(self, batch_size: int, normalize: Normalize, train: bool, seed: int) -> None:
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self.indexed = False
+        self.rank, self.world_size = 0, 1
+
+    def shard(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def _share(self) -> int:
+        """Images per step on this rank (the global batch split evenly over the ranks)."""
+        return max(1, self.batch_size // self.world_size)
+
+    def _eval_range(self, count: int) -> tuple[int, int]:
+        """This rank's contiguous part of an eval split of ``count`` images, so each is scored once."""
+        return count * self.rank // self.world_size, count * (self.rank + 1) // self.world_size
 
 
 @dataclass

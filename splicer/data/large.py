@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from splicer.data.augment import Normalize
-from splicer.data.bundle import epoch_generator
+from splicer.data.bundle import ShardedBatches, epoch_generator
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -60,7 +60,7 @@ class IndexedDataset(torch.utils.data.Dataset):
         return image, label, index
 
 
-class LoaderBatches:
+class LoaderBatches(ShardedBatches):
     """Batches from a map-style dataset of uint8 images through a DataLoader, normalised on the device.
 
     A fresh DataLoader per epoch whose generator is seeded by (seed, epoch) fixes both the
@@ -83,35 +83,17 @@ class LoaderBatches:
         workers: int,
         device: torch.device,
     ) -> None:
+        super().__init__(batch_size, normalize, train, seed)
         self.dataset = dataset
-        self.batch_size = batch_size
-        self.normalize = normalize
-        self.train = train
-        self.seed = seed
         self.workers = workers
         self.device = device
-        self.epoch = 0
-        self.indexed = False
-        self.rank, self.world_size = 0, 1
-
-    def shard(self, rank: int, world_size: int) -> None:
-        self.rank, self.world_size = rank, world_size
-
-    @property
-    def _share(self) -> int:
-        return max(1, self.batch_size // self.world_size)
 
     def _eval_part(self) -> torch.utils.data.Dataset:
         if self.world_size == 1:
             return self.dataset
         from torch.utils.data import Subset
 
-        count = len(self.dataset)
-        start, stop = count * self.rank // self.world_size, count * (self.rank + 1) // self.world_size
-        return Subset(self.dataset, range(start, stop))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        return Subset(self.dataset, range(*self._eval_range(len(self.dataset))))
 
     def __len__(self) -> int:
         if self.train:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from splicer.data.augment import Normalize, crop_flip
-from splicer.data.bundle import epoch_generator
+from splicer.data.bundle import ShardedBatches, epoch_generator
 
 _CHUNK = 4096  # images per step of whole-split ops, to bound float32 temporaries
 
@@ -71,7 +71,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(means), tuple(stds)
 
 
-class MemoryBatches:
+class MemoryBatches(ShardedBatches):
     """Batches of an :class:`ImageSet` that lives on the device.
 
     Training streams shuffle (and, with ``pad``, crop and flip) from a generator seeded by
@@ -87,35 +87,14 @@ class MemoryBatches:
     def __init__(
         self, data: ImageSet, batch_size: int, normalize: Normalize, train: bool, seed: int, pad: int | None
     ) -> None:
+        super().__init__(batch_size, normalize, train, seed)
         self.images, self.labels = data.images, data.labels
-        self.batch_size = batch_size
-        self.normalize = normalize
-        self.train = train
-        self.seed = seed
         self.pad = pad
-        self.epoch = 0
-        self.indexed = False
-        self.rank, self.world_size = 0, 1
-
-    def shard(self, rank: int, world_size: int) -> None:
-        self.rank, self.world_size = rank, world_size
-
-    @property
-    def _share(self) -> int:
-        """Images per step on this rank (the global batch split evenly over the ranks)."""
-        return max(1, self.batch_size // self.world_size)
-
-    def _eval_range(self) -> tuple[int, int]:
-        count = len(self.labels)
-        return count * self.rank // self.world_size, count * (self.rank + 1) // self.world_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         if self.train:
             return max(1, len(self.labels) // self.batch_size)
-        start, stop = self._eval_range()
+        start, stop = self._eval_range(len(self.labels))
         return math.ceil((stop - start) / self._share)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -125,7 +104,7 @@ class MemoryBatches:
         return self._train_batches(self.epoch - 1)
 
     def _eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        first, last = self._eval_range()
+        first, last = self._eval_range(len(self.labels))
         for start in range(first, last, self._share):
             stop = min(start + self._share, last)
             yield self.normalize(self.images[start:stop]), self.labels[start:stop]
