@@ -56,19 +56,24 @@ def _conv_stack(convs: list[nn.Module], batch_norm: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _factor_encoder(channels: int, factor_channels: int, batch_norm: bool) -> nn.Sequential:
+    """Three 3x3 convs from ``channels`` down to the factor channels: the paraphraser's and the translator's shape."""
+    return _conv_stack(
+        [
+            nn.Conv2d(channels, channels, 3, 1, 1),
+            nn.Conv2d(channels, factor_channels, 3, 1, 1),
+            nn.Conv2d(factor_channels, factor_channels, 3, 1, 1),
+        ],
+        batch_norm,
+    )
+
+
 class Paraphraser(nn.Module):
     """Auto-encoder of the teacher feature: three 3x3 convs down to the factor channels, three transposed convs back."""
 
     def __init__(self, channels: int, factor_channels: int) -> None:
         super().__init__()
-        self.encoder = _conv_stack(
-            [
-                nn.Conv2d(channels, channels, 3, 1, 1),
-                nn.Conv2d(channels, factor_channels, 3, 1, 1),
-                nn.Conv2d(factor_channels, factor_channels, 3, 1, 1),
-            ],
-            batch_norm=False,
-        )
+        self.encoder = _factor_encoder(channels, factor_channels, batch_norm=False)
         self.decoder = _conv_stack(
             [
                 nn.ConvTranspose2d(factor_channels, factor_channels, 3, 1, 1),
@@ -88,14 +93,7 @@ class Translator(nn.Module):
 
     def __init__(self, channels: int, factor_channels: int) -> None:
         super().__init__()
-        self.encoder = _conv_stack(
-            [
-                nn.Conv2d(channels, channels, 3, 1, 1),
-                nn.Conv2d(channels, factor_channels, 3, 1, 1),
-                nn.Conv2d(factor_channels, factor_channels, 3, 1, 1),
-            ],
-            batch_norm=True,
-        )
+        self.encoder = _factor_encoder(channels, factor_channels, batch_norm=True)
 
     def forward(self, feature: Tensor) -> Tensor:
         return self.encoder(feature)
