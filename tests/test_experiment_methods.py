@@ -14,7 +14,7 @@ from splicer.cli.main import app
 from splicer.errors import SplicerError
 from splicer.spec import spec_from_dict
 from splicer.training import plots
-from splicer.training.experiment import build_report, expand_methods, render_markdown, run_experiment
+from splicer.training.experiment import build_report, expand_methods, paired_delta, render_markdown, run_experiment
 from splicer.training.methods import METHODS, DistillMethod
 from tests.conftest import toy_spec
 
@@ -140,7 +140,8 @@ def test_report_with_seeds_and_a_failure_in_one_seed_only(tmp_path: Path):
     assert report["best"] == {"standard": 65.5, "sftn": 66.5, "delta": 1.0}
     assert report["mean_delta"] == {"mean": 1.0, "methods": ["kd"]}
     markdown = render_markdown(report)
-    assert "| KD | 65.50 ± 0.71 | 66.50 ± 0.71 | +1.00 | 15.0 s | |" in markdown
+    assert "| KD | 65.50 ± 0.71 | 66.50 ± 0.71 | +1.00 ± 0.00 | 15.0 s | |" in markdown
+    assert "| Teacher accuracy | 70.50 ± 0.71 | 69.50 ± 0.71 | -1.00 ± 0.00 | |" in markdown
     assert at["wall_seconds"] == pytest.approx((10 + 14 + 10) / 3)  # both AT-from-standard runs, one SFTN
     assert "| AT | 64.00 ± 0.00 | failed |  | 11.3 s | seed 1, sftn teacher: diverged |" in markdown
 
@@ -152,3 +153,13 @@ def test_unknown_methods_and_options_fail_before_any_training(tmp_path: Path):
     with pytest.raises(SplicerError, match=r"distill\.options\.dkd\.betta.*valid fields of dkd: .*beta"):
         run_experiment(typo, ["kd", "dkd"], [0], out=tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_difference_is_paired_seed_by_seed():
+    """Δ's spread is the std of the per-seed differences, not of either teacher's scores: a
+    constant one-point gain between seeds that spread by 4 points has no spread at all."""
+    standard = {"values": [60.0, 64.0, 62.0]}
+    assert paired_delta(standard, {"values": [61.0, 65.0, 63.0]})["std"] == pytest.approx(0.0)
+    shuffled = paired_delta(standard, {"values": [65.0, 61.0, 63.0]})
+    assert shuffled["mean"] == pytest.approx(1.0) and shuffled["values"] == [5.0, -3.0, 1.0]
+    assert shuffled["std"] == pytest.approx(4.0)

@@ -205,6 +205,11 @@ def _stats(values: list[float]) -> dict[str, Any]:
     }
 
 
+def paired_delta(standard: dict[str, Any], sftn: dict[str, Any]) -> dict[str, Any]:
+    """SFTN minus standard seed by seed: its std is the seed spread a difference must beat."""
+    return _stats([b - a for a, b in zip(standard["values"], sftn["values"], strict=True)])
+
+
 def build_report(
     spec: Spec, methods: list[str], seeds: list[int], results: dict[int, dict[str, Any]]
 ) -> dict[str, Any]:
@@ -228,6 +233,7 @@ def build_report(
         row: dict[str, Any] = {kind: top1(key) if finished(key) else None for kind, key in keys.items()}
         both = row["standard"] is not None and row["sftn"] is not None
         row["delta"] = row["sftn"]["mean"] - row["standard"]["mean"] if both else None
+        row["delta_seeds"] = paired_delta(row["standard"], row["sftn"]) if both else None
         done = [results[seed][key] for key in keys.values() for seed in seeds if "error" not in results[seed][key]]
         row["wall_seconds"] = (
             statistics.fmean(s["wall_seconds"] + RunDir(Path(s["run"])).phases_wall_seconds() for s in done)
@@ -267,7 +273,11 @@ def build_report(
         "epochs": spec.train.epochs,
         "eval_split": first["eval_split"],
         "metric": "final top-1 accuracy (%) on the eval split, mean and std over seeds",
-        "teacher": {**teacher, "delta": teacher["sftn"]["mean"] - teacher["standard"]["mean"]},
+        "teacher": {
+            **teacher,
+            "delta": teacher["sftn"]["mean"] - teacher["standard"]["mean"],
+            "delta_seeds": paired_delta(teacher["standard"], teacher["sftn"]),
+        },
         "student_alone": top1("student"),
         "methods": rows,
         "best": {**best, "delta": best["sftn"] - best["standard"] if complete else None},
@@ -305,6 +315,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     def delta(value: float | None) -> str:
         return "" if value is None else f"{value:+.2f}"
 
+    def paired(row: dict[str, Any]) -> str:
+        spread = row["delta_seeds"]
+        if spread is None or len(spread["values"]) < 2:
+            return delta(row["delta"])
+        return f"{spread['mean']:+.2f} ± {spread['std']:.2f}"
+
     def seconds(value: float | None) -> str:
         if value is None:
             return ""
@@ -321,20 +337,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Teacher {report['teacher_model']}, student {report['student_model']}. "
         f"Final {report['eval_split']} top-1 accuracy (%) after {report['epochs']} epochs, "
-        f"{over}. Time: mean wall time of one distillation run of the method.",
+        f"{over}. Δ: SFTN minus standard"
+        + (", mean ± std of the per-seed differences" if len(seeds) > 1 else "")
+        + ". Time: mean wall time of one distillation run of the method.",
         "",
         f"| Models (Teacher/Student) | {report['teacher_model']} / {report['student_model']} | | | |{pad}",
         f"|:--|--:|--:|--:|--:|{note_rule}",
         f"| Teacher training method | Standard | SFTN | Δ | Time |{note_head}",
         f"| Teacher accuracy | {cell(report['teacher']['standard'])} | {cell(report['teacher']['sftn'])} "
-        f"| {delta(report['teacher']['delta'])} | |{pad}",
+        f"| {paired(report['teacher'])} | |{pad}",
         f"| Student accuracy w/o KD | {cell(report['student_alone'])} | | | |{pad}",
     ]
     for method, row in rows.items():
         note = (f" {_one_line('; '.join(row['errors']))} |" if row["errors"] else " |") if failures else ""
         lines.append(
             f"| {method_title(method)} | {cell(row['standard'])} | {cell(row['sftn'])} "
-            f"| {delta(row['delta'])} | {seconds(row['wall_seconds'])} |{note}"
+            f"| {paired(row)} | {seconds(row['wall_seconds'])} |{note}"
         )
     best, mean = report["best"], report["mean_delta"]
     if best["delta"] is not None:
