@@ -217,7 +217,8 @@ def build_report(
 
     A method whose run failed for some seed and teacher has no score for that teacher (None),
     its messages under ``errors``; the Best row and the mean difference use the methods that
-    finished with both teachers. Time per method: mean wall seconds of its runs, their phases
+    finished with both teachers. Each difference also has its paired form (``delta_seeds``, see
+    :func:`paired_delta`). Time per method: mean wall seconds of its runs, their phases
     (AB's, FT's, SSKD's) included, and mean step seconds of the main runs.
     """
 
