@@ -116,10 +116,12 @@ def scaled_schedule(epochs: int, milestones: list[int], new_epochs: int) -> list
 
 def summaries(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Every run's summary.json, by run kind, one per seed."""
+    from splicer.training.runs import RunDir
+
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for runs in report["runs"].values():
         for kind, folder in runs.items():
-            by_kind.setdefault(kind, []).append(json.loads((Path(folder) / "summary.json").read_text()))
+            by_kind.setdefault(kind, []).append(json.loads(RunDir(Path(folder)).summary.read_text()))
     return by_kind
 
 
