@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/splicer build specs/vgg13_vgg8.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) build
