@@ -71,6 +71,13 @@ def _plan(model: str, input_size: list[int], **network: object) -> tuple[Network
         ),
         # VGG8: its one-conv stage1 is a stem, merged into stage2.
         ("cifar:vgg8", [3, 32, 32], ["stage2", "stage3", "stage5"], [(128, 16, 16), (256, 8, 8), (512, 4, 4)]),
+        # Unpadded convolutions (Inception): stages run 47 -> 45 and 22 -> 20 -> 18 pixels.
+        (
+            "python:tests.toy_nets:valid_conv_net",
+            [3, 96, 96],
+            ["stage1", "stage2", "stage3"],
+            [(16, 45, 45), (32, 18, 18), (64, 8, 8)],
+        ),
     ],
 )
 def test_auto_finds_the_stage_ends(model: str, input_size: list[int], labels: list[str], shapes: list[tuple]) -> None:
@@ -79,6 +86,16 @@ def test_auto_finds_the_stage_ends(model: str, input_size: list[int], labels: li
     assert plan.block_labels == labels
     assert plan.block_shapes == shapes
     assert notes == [f"teacher: blocks: auto chose {', '.join(labels)} (graph stage ends)"]
+
+
+def test_unpadded_conv_stages_compile_to_an_equivalent_sftn() -> None:
+    """Maps a few pixels short of input / stride are block ends; the teacher's blocks reproduce it."""
+    spec = _spec({"model": "python:tests.toy_nets:valid_conv_net"}, {"model": "cifar:resnet8"}, [3, 96, 96])
+    result = splicer.compile_spec(spec)
+    assert result.teacher.block_labels == ["stage1", "stage2", "stage3"]
+    assert result.equivalence_error is not None and result.equivalence_error < 1e-5
+    out = result.sftn(torch.randn(2, 3, 96, 96))
+    assert [tuple(z.shape) for z in out.branch_logits] == [(2, 10), (2, 10)]
 
 
 def test_auto_uses_timm_feature_info() -> None:
