@@ -98,6 +98,14 @@ def test_unpadded_conv_stages_compile_to_an_equivalent_sftn() -> None:
     assert [tuple(z.shape) for z in out.branch_logits] == [(2, 10), (2, 10)]
 
 
+def test_torchvision_inception_v3_is_cut_at_its_stages() -> None:
+    """Unpadded stem convolutions and concatenating Mixed blocks: at 139x139 the stages end at
+    67, 31, 15, 7 and 3 pixels, none of them 139 divided by its stride."""
+    plan, _ = _plan("torchvision:inception_v3", [3, 139, 139], kwargs={"aux_logits": False, "init_weights": False})
+    assert plan.block_labels == ["Conv2d_2b_3x3", "Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"]
+    assert [shape[1:] for shape in plan.block_shapes] == [(67, 67), (31, 31), (15, 15), (7, 7), (3, 3)]
+
+
 def test_auto_uses_timm_feature_info() -> None:
     plan, notes = _plan("timm:resnet18", [3, 64, 64])
     assert plan.block_labels == ["layer1", "layer2", "layer3", "layer4"]

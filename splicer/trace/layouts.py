@@ -161,8 +161,7 @@ def _writer_order(node: fx.Node, modules: dict[str, nn.Module]) -> Literal["firs
                 return "last"
             if dims[1:2] == [3]:  # (0, 3, 1, 2): channels moved first
                 return "first"
-        inputs = [arg for arg in current.args if isinstance(arg, fx.Node)]
-        current = inputs[0] if inputs else None
+        current = current.all_input_nodes[0] if current.all_input_nodes else None  # through cat's list too
     return None
 
 
