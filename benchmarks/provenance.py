@@ -36,10 +36,14 @@ def provenance(argv: list[str] | None, threads: int) -> dict[str, str]:
 
 
 def git_commit() -> str:
-    """The checked-out commit, with "+dirty" when tracked files differ from it; says so when unknown."""
+    """The checked-out commit, with "+dirty" when tracked files differ from it; says so when unknown.
+
+    Stored results are left out: a benchmark that rewrites its table as it goes (timm coverage)
+    must not call its own code dirty.
+    """
     try:
         head = _git("rev-parse", "HEAD")
-        changed = _git("status", "--porcelain", "--untracked-files=no")
+        changed = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not run from a git checkout)"
     return head + ("+dirty" if changed else "")

@@ -71,6 +71,13 @@ def _plan(model: str, input_size: list[int], **network: object) -> tuple[Network
         ),
         # VGG8: its one-conv stage1 is a stem, merged into stage2.
         ("cifar:vgg8", [3, 32, 32], ["stage2", "stage3", "stage5"], [(128, 16, 16), (256, 8, 8), (512, 4, 4)]),
+        # Unpadded convolutions (Inception): stages run 47 -> 45 and 22 -> 20 -> 18 pixels.
+        (
+            "python:tests.toy_nets:valid_conv_net",
+            [3, 96, 96],
+            ["stage1", "stage2", "stage3"],
+            [(16, 45, 45), (32, 18, 18), (64, 8, 8)],
+        ),
     ],
 )
 def test_auto_finds_the_stage_ends(model: str, input_size: list[int], labels: list[str], shapes: list[tuple]) -> None:
@@ -79,6 +86,24 @@ def test_auto_finds_the_stage_ends(model: str, input_size: list[int], labels: li
     assert plan.block_labels == labels
     assert plan.block_shapes == shapes
     assert notes == [f"teacher: blocks: auto chose {', '.join(labels)} (graph stage ends)"]
+
+
+def test_unpadded_conv_stages_compile_to_an_equivalent_sftn() -> None:
+    """Maps a few pixels short of input / stride are block ends; the teacher's blocks reproduce it."""
+    spec = _spec({"model": "python:tests.toy_nets:valid_conv_net"}, {"model": "cifar:resnet8"}, [3, 96, 96])
+    result = splicer.compile_spec(spec)
+    assert result.teacher.block_labels == ["stage1", "stage2", "stage3"]
+    assert result.equivalence_error is not None and result.equivalence_error < 1e-5
+    out = result.sftn(torch.randn(2, 3, 96, 96))
+    assert [tuple(z.shape) for z in out.branch_logits] == [(2, 10), (2, 10)]
+
+
+def test_torchvision_inception_v3_is_cut_at_its_stages() -> None:
+    """Unpadded stem convolutions and concatenating Mixed blocks: at 139x139 the stages end at
+    67, 31, 15, 7 and 3 pixels, none of them 139 divided by its stride."""
+    plan, _ = _plan("torchvision:inception_v3", [3, 139, 139], kwargs={"aux_logits": False, "init_weights": False})
+    assert plan.block_labels == ["Conv2d_2b_3x3", "Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"]
+    assert [shape[1:] for shape in plan.block_shapes] == [(67, 67), (31, 31), (15, 15), (7, 7), (3, 3)]
 
 
 def test_auto_uses_timm_feature_info() -> None:

@@ -4,6 +4,7 @@ failing method reported in its own row while the others complete."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,26 @@ def test_unknown_methods_and_options_fail_before_any_training(tmp_path: Path):
     with pytest.raises(SplicerError, match=r"distill\.options\.dkd\.betta.*valid fields of dkd: .*beta"):
         run_experiment(typo, ["kd", "dkd"], [0], out=tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_similarity_is_stored_and_measured_again_only_for_a_changed_checkpoint(tmp_path: Path, monkeypatch):
+    """Rewriting a table from finished runs reuses each student's KL and CKA; a new teacher checkpoint does not."""
+    from splicer.training import experiment
+
+    spec = spec_from_dict(tiny_spec())
+    first = run_experiment(spec, ["kd"], [0], out=tmp_path, resume=True, quiet=True)
+    measured: list[str] = []
+    real = experiment.similarity
+    monkeypatch.setattr(experiment, "similarity", lambda *args: measured.append("x") or real(*args))
+    again = run_experiment(spec, ["kd"], [0], out=tmp_path, resume=True, quiet=True)
+    assert measured == []
+    assert again["methods"] == first["methods"] and again["similarity"] == first["similarity"]
+    teacher = tmp_path / "seed0" / "sftn" / "last.pt"
+    os.utime(teacher, ns=(teacher.stat().st_atime_ns, teacher.stat().st_mtime_ns + 10**9))
+    run_experiment(spec, ["kd"], [0], out=tmp_path, resume=True, quiet=True)
+    assert measured == ["x"]  # kd from the SFTN only; kd from the standard teacher is reused
+    stored = json.loads((tmp_path / "seed0" / "kd-from-sftn" / "similarity.json").read_text())
+    assert set(stored["score"]) == {"kl", "cka"} and stored["key"]["teacher"].endswith("sftn/last.pt")
 
 
 def test_the_difference_is_paired_seed_by_seed():

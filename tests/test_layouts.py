@@ -17,7 +17,7 @@ from splicer.errors import CutError, SplicerError
 from splicer.spec import spec_from_dict
 from splicer.synthesis.layouts import MapToNHWC, MapToTokens, NHWCToMap, TokensToMap
 from splicer.synthesis.transforms import Transform, plan_transform
-from splicer.trace.layouts import FeatureLayout, is_grid
+from splicer.trace.layouts import VALID_CONV_SHRINK, FeatureLayout, is_grid, same_stage
 
 VIT = {"img_size": 32, "patch_size": 8, "depth": 4}
 # name: (network, input side, expected layout of the last block end)
@@ -184,6 +184,37 @@ def test_nchw_transform_keeps_its_state_dict_keys() -> None:
 def test_grid_check_uses_one_stride_for_both_axes() -> None:
     assert is_grid((4, 6), (32, 48)) and is_grid((4, 4), (56, 56))  # ceil(56 / 14) == 4
     assert not is_grid((4, 64), (64, 64)) and not is_grid((12, 16), (32, 32))
+
+
+def test_unpadded_convolutions_leave_grids_a_few_pixels_short() -> None:
+    """Inception at 96x96: 47 and 45 are no division of 96, but 48 (stride 2) less 1 and 3 pixels."""
+    assert not is_grid((45, 45), (96, 96)) and is_grid((45, 45), (96, 96), shrink=VALID_CONV_SHRINK)
+    assert not is_grid((40, 45), (96, 96), shrink=VALID_CONV_SHRINK)  # 40 and 45 are no shrink of one stride
+    assert same_stage((47, 47), (45, 45)) and same_stage((8, 8), (8, 8))
+    assert not same_stage((45, 45), (22, 22)) and not same_stage((5, 5), (3, 3)) and not same_stage((8, 8), (9, 9))
+
+
+def test_a_shrunk_grid_is_a_map_only_where_a_convolution_wrote_it() -> None:
+    """(heads, tokens, dim) attention values from a linear layer must not pass for short maps."""
+
+    class Both(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, 2)  # 96 -> 47: a map
+            self.proj = torch.nn.Linear(47, 45)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return self.proj(y).transpose(1, 2)  # (8, 45, 47) from a linear layer, read as (a, b, c)
+
+    from splicer.trace.layouts import infer_layouts
+    from splicer.trace.shapes import propagate_shapes
+
+    graph_module = torch.fx.symbolic_trace(Both())
+    propagate_shapes(graph_module, (3, 96, 96))
+    layouts = infer_layouts(graph_module, ["conv", "proj", "transpose"])
+    assert layouts["conv"] == FeatureLayout("nchw", 8, (47, 47))
+    assert "proj" not in layouts and "transpose" not in layouts
 
 
 def test_verifying_on_fake_tensors_leaves_no_fake_state_in_the_branches() -> None:

@@ -36,13 +36,25 @@ def test_the_path_check_catches_machine_paths():
         assert not ABSOLUTE_PATH.search(text), text
 
 
-def test_provenance_names_the_commit_with_a_dirty_mark_and_relative_folders(tmp_path):
+def test_provenance_marks_code_changes_dirty_but_not_stored_results(tmp_path, monkeypatch):
     provenance = benchmark_module("provenance")
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    changed = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
-    assert provenance.git_commit() == head + ("+dirty" if changed else "")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "code.py").write_text("a = 1\n")
+    (tmp_path / "benchmarks" / "results" / "table.md").write_text("old\n")
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "x"]):
+        subprocess.run([*git, *args], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    monkeypatch.setattr(provenance, "REPO", tmp_path)
+    assert provenance.git_commit() == head
+    (tmp_path / "benchmarks" / "results" / "table.md").write_text("rewritten as the benchmark runs\n")
+    assert provenance.git_commit() == head
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert provenance.git_commit() == head + "+dirty"
+
+
+def test_provenance_names_relative_folders(tmp_path):
+    provenance = benchmark_module("provenance")
     assert provenance.repo_relative(REPO / "runs" / "proof" / "seed0") == "runs/proof/seed0"
     assert not provenance.repo_relative(tmp_path / "runs").startswith("/")
     script = str(REPO / "benchmarks" / "proof.py")

@@ -172,3 +172,27 @@ class CustomLayersNet(nn.Module):
 
 def custom_layers_net(num_classes: int = 10, width: int = 8, constant_in_head: bool = False) -> CustomLayersNet:
     return CustomLayersNet(num_classes, width, constant_in_head)
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int = 1, padding: int = 0) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, padding, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ValidConvNet(nn.Module):
+    """Inception-style unpadded ("valid") convolutions: at 96x96 its stages run 47 -> 45, 22 -> 20 -> 18
+    and 8 pixels, and 45 and 18 are no integer division of 96."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stage1 = nn.Sequential(_conv_bn_relu(3, 8, 2), _conv_bn_relu(8, 8), _conv_bn_relu(8, 16, padding=1))
+        self.stage2 = nn.Sequential(nn.MaxPool2d(3, 2), _conv_bn_relu(16, 16), _conv_bn_relu(16, 32))
+        self.stage3 = nn.Sequential(_conv_bn_relu(32, 64, 2), _conv_bn_relu(64, 64, padding=1))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.pool(self.stage3(self.stage2(self.stage1(x)))).flatten(1))
+
+
+def valid_conv_net(num_classes: int = 10) -> ValidConvNet:
+    return ValidConvNet(num_classes)

@@ -11,13 +11,12 @@ from __future__ import annotations
 import dataclasses
 import operator
 from dataclasses import dataclass
-from itertools import groupby
 
 from torch import fx, nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from splicer.errors import CutError, closest
-from splicer.trace.layouts import FeatureLayout, infer_layouts
+from splicer.trace.layouts import FeatureLayout, infer_layouts, same_stage
 from splicer.trace.shapes import tensor_shape
 from splicer.trace.tracer import TracedModel
 
@@ -152,15 +151,21 @@ def feature_cuts(cut_points: list[CutPoint]) -> list[CutPoint]:
 
 
 def graph_stage_ends(cut_points: list[CutPoint]) -> list[CutPoint]:
-    """One stage end per run of cut points at one grid size (maps and tokens alike).
+    """One stage end per run of cut points at one grid size (maps and tokens alike), or shrinking
+    by a few pixels through unpadded convolutions (:func:`splicer.trace.layouts.same_stage`).
 
     The chosen cut point is the output of the shallowest module in the run (``layer1``
     rather than ``layer2.0.act1``, a pre-activation that opens the next stage), the latest
     on ties. Globally pooled maps (1x1) belong to the head, not to a stage.
     """
+    runs: list[list[CutPoint]] = []
+    for cut in feature_cuts(cut_points):
+        if runs and same_stage(runs[-1][-1].layout.grid, cut.layout.grid):
+            runs[-1].append(cut)
+        else:
+            runs.append([cut])
     ends = []
-    for _, group in groupby(feature_cuts(cut_points), key=lambda c: c.layout.grid):
-        run = list(group)
+    for run in runs:
         modules = [c for c in run if c.module_path]
         if modules:
             shallowest = min(c.module_path.count(".") for c in modules)

@@ -11,7 +11,10 @@ graph, never from the model's name:
   stride ``s`` is ``floor`` or ``ceil`` of ``(H / s, W / s)``. A 3-D value ``(a, b, c)`` is NCHW
   when ``(b, c)`` is such a grid and NHWC when ``(a, b)`` is. Where both fit (a tiny map whose
   channels happen to match a grid), the layer that produced the value decides: a convolution
-  or a 2-D norm writes NCHW, a linear layer or layer norm writes channels last.
+  or a 2-D norm writes NCHW, a linear layer or layer norm writes channels last. Unpadded
+  ("valid") convolutions leave a map a few pixels short of ``H / s`` (Inception: 47 and 45 at
+  stride 2 of 96): such a grid, up to ``VALID_CONV_SHRINK`` pixels short on each axis, is a
+  map too where a convolution or a 2-D norm wrote it.
 - A 2-D value ``(L, C)`` is a token sequence. Its grid is that of the latest feature map with
   ``C`` channels computed before it (the patch embedding's convolution output, or the map a
   pooling stage reshaped tokens into); the prefix tokens are what is left over, ``L - h*w``
@@ -35,6 +38,7 @@ from splicer.trace.shapes import tensor_shape
 LayoutKind = Literal["nchw", "nhwc", "tokens"]
 _CHANNELS_FIRST_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)
 _CHANNELS_LAST_LAYERS = (nn.Linear, nn.LayerNorm)
+VALID_CONV_SHRINK = 4  # pixels unpadded convolutions may leave a grid short of input / stride
 
 
 @dataclass(frozen=True)
@@ -73,15 +77,22 @@ class FeatureLayout:
         return f"tokens {self.prefix_tokens}+{h}x{w} x{self.channels}{pooled}"
 
 
-def is_grid(size: tuple[int, int], input_grid: tuple[int, int]) -> bool:
-    """Whether ``size`` is the input grid divided by one integer stride (floor or ceil per axis)."""
+def is_grid(size: tuple[int, int], input_grid: tuple[int, int], shrink: int = 0) -> bool:
+    """Whether ``size`` is the input grid divided by one integer stride (floor or ceil per axis),
+    or up to ``shrink`` pixels less on each axis."""
     (h, w), (height, width) = size, input_grid
     if h < 1 or w < 1 or h > height or w > width:
         return False
     for stride in range(1, max(height, width) + 1):
-        if h in (height // stride, -(-height // stride)) and w in (width // stride, -(-width // stride)):
+        if height // stride - shrink <= h <= -(-height // stride) and width // stride - shrink <= w <= -(-width // stride):
             return True
     return False
+
+
+def same_stage(earlier: tuple[int, int], later: tuple[int, int]) -> bool:
+    """Whether grid ``later`` continues the stage of grid ``earlier``: equal, or a few pixels
+    smaller from unpadded convolutions (47 -> 45), not a strided reduction (45 -> 22, 5 -> 3)."""
+    return all(e - VALID_CONV_SHRINK <= g <= e and 3 * g > 2 * e for e, g in zip(earlier, later))
 
 
 def infer_layouts(
@@ -119,8 +130,10 @@ def _map_layout(
     a, b, c = shape
     first, last = is_grid((b, c), input_grid), is_grid((a, b), input_grid)
     if first and last:
-        first = _writes_channels_first(node, modules)
+        first = _writer_order(node, modules) != "last"
         last = not first
+    elif not (first or last):
+        first = is_grid((b, c), input_grid, VALID_CONV_SHRINK) and _writer_order(node, modules) == "first"
     if first:
         return FeatureLayout("nchw", a, (b, c))
     if last:
@@ -128,8 +141,10 @@ def _map_layout(
     return None
 
 
-def _writes_channels_first(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """Follow the first input back to the nearest layer that fixes the channel axis (default NCHW)."""
+def _writer_order(node: fx.Node, modules: dict[str, nn.Module]) -> Literal["first", "last"] | None:
+    """Follow the first input back to the nearest layer that fixes the channel axis: ``"first"``
+    (a convolution or 2-D norm), ``"last"`` (a linear layer, layer norm or a permute moving
+    channels last), or None where no such layer is found."""
     current: fx.Node | None = node
     for _ in range(50):
         if current is None:
@@ -137,18 +152,17 @@ def _writes_channels_first(node: fx.Node, modules: dict[str, nn.Module]) -> bool
         if current.op == "call_module":
             module = modules.get(str(current.target))
             if isinstance(module, _CHANNELS_FIRST_LAYERS):
-                return True
+                return "first"
             if isinstance(module, _CHANNELS_LAST_LAYERS):
-                return False
+                return "last"
         if current.op == "call_method" and current.target == "permute":
             dims = [d for d in current.args[1:] if isinstance(d, int)]
             if dims[-1:] == [1]:  # (0, 2, 3, 1): channels moved last
-                return False
+                return "last"
             if dims[1:2] == [3]:  # (0, 3, 1, 2): channels moved first
-                return True
-        inputs = [arg for arg in current.args if isinstance(arg, fx.Node)]
-        current = inputs[0] if inputs else None
-    return True
+                return "first"
+        current = current.all_input_nodes[0] if current.all_input_nodes else None  # through cat's list too
+    return None
 
 
 def _token_layout(

@@ -1,8 +1,9 @@
 """Automatic block boundaries: one block per resolution stage, as the paper cuts.
 
 Stage ends come from the graph (:func:`splicer.trace.cuts.graph_stage_ends`); a stage is a
-run of cut points at one grid size, whatever the layout (NCHW, NHWC, tokens), so staged
-transformers (Swin, PVT, MViT, LeViT) get one block per stage like CNNs. timm models carry
+run of cut points at one grid size (or a few pixels less after unpadded convolutions, as in
+Inception), whatever the layout (NCHW, NHWC, tokens), so staged transformers (Swin, PVT,
+MViT, LeViT) get one block per stage like CNNs. timm models carry
 their authors' own stage ends (``feature_info``); those are used wherever they are valid
 cut points. A first stage with fewer than two weight layers (an ImageNet stem, VGG8's first
 conv) is merged into the next one: the paper never gives such a sliver a branch of its own.
@@ -20,6 +21,7 @@ from torch import nn
 
 from splicer.errors import UnsupportedModelError
 from splicer.trace.cuts import CutPoint, feature_cuts, graph_stage_ends, module_last_nodes
+from splicer.trace.layouts import same_stage
 from splicer.trace.tracer import TracedModel
 
 _WEIGHT_LAYERS = (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)
@@ -76,7 +78,7 @@ def auto_block_ends(
         ends, origin = graph_stage_ends(cut_points), "graph stage ends"
     # The last block must end where the head begins: after the last feature cut point.
     last = features[-1]
-    if ends and ends[-1].position < last.position and last.layout.grid == ends[-1].layout.grid:
+    if ends and ends[-1].position < last.position and same_stage(ends[-1].layout.grid, last.layout.grid):
         ends[-1] = last
     ends = merge_slivers(traced, _one_per_resolution(ends))
     if len(ends) < 2:
@@ -148,8 +150,8 @@ def _repeated_units(traced: TracedModel, model: nn.Module, candidates: list[CutP
 
 
 def _one_per_resolution(ends: list[CutPoint]) -> list[CutPoint]:
-    """Keep the last of consecutive ends at one grid size (an isotropic model is one stage)."""
-    return [end for end, nxt in zip(ends, ends[1:] + [None]) if nxt is None or nxt.layout.grid != end.layout.grid]
+    """Keep the last of consecutive ends in one stage (an isotropic model is one stage)."""
+    return [end for end, nxt in zip(ends, ends[1:] + [None]) if nxt is None or not same_stage(end.layout.grid, nxt.layout.grid)]
 
 
 def match_ends(ends: list[CutPoint], other_grids: list[tuple[int, int]]) -> list[CutPoint]:

@@ -46,6 +46,11 @@ class RunDir:
     def summary(self) -> Path:
         return self.path / "summary.json"
 
+    @property
+    def similarity(self) -> Path:
+        """A distilled student's KL and CKA to its teacher, with the checkpoints they were measured on."""
+        return self.path / "similarity.json"
+
     def phase(self, name: str) -> RunDir:
         """The sub-run of a method's phase that trains before the main run (``phases/<name>``)."""
         return RunDir(self.path / "phases" / name)
