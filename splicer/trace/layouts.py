@@ -84,9 +84,13 @@ def is_grid(size: tuple[int, int], input_grid: tuple[int, int], shrink: int = 0)
     if h < 1 or w < 1 or h > height or w > width:
         return False
     for stride in range(1, max(height, width) + 1):
-        if height // stride - shrink <= h <= -(-height // stride) and width // stride - shrink <= w <= -(-width // stride):
+        if _fits(h, height, stride, shrink) and _fits(w, width, stride, shrink):
             return True
     return False
+
+
+def _fits(size: int, full: int, stride: int, shrink: int) -> bool:
+    return full // stride - shrink <= size <= -(-full // stride)
 
 
 def same_stage(earlier: tuple[int, int], later: tuple[int, int]) -> bool:

@@ -151,7 +151,9 @@ def _repeated_units(traced: TracedModel, model: nn.Module, candidates: list[CutP
 
 def _one_per_resolution(ends: list[CutPoint]) -> list[CutPoint]:
     """Keep the last of consecutive ends in one stage (an isotropic model is one stage)."""
-    return [end for end, nxt in zip(ends, ends[1:] + [None]) if nxt is None or not same_stage(end.layout.grid, nxt.layout.grid)]
+    return [
+        end for end, nxt in zip(ends, ends[1:] + [None]) if nxt is None or not same_stage(end.layout.grid, nxt.layout.grid)
+    ]
 
 
 def match_ends(ends: list[CutPoint], other_grids: list[tuple[int, int]]) -> list[CutPoint]:
