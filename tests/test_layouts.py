@@ -17,7 +17,8 @@ from splicer.errors import CutError, SplicerError
 from splicer.spec import spec_from_dict
 from splicer.synthesis.layouts import MapToNHWC, MapToTokens, NHWCToMap, TokensToMap
 from splicer.synthesis.transforms import Transform, plan_transform
-from splicer.trace.layouts import VALID_CONV_SHRINK, FeatureLayout, is_grid, same_stage
+from splicer.trace.layouts import VALID_CONV_SHRINK, FeatureLayout, infer_layouts, is_grid, same_stage
+from splicer.trace.shapes import propagate_shapes
 
 VIT = {"img_size": 32, "patch_size": 8, "depth": 4}
 # name: (network, input side, expected layout of the last block end)
@@ -206,9 +207,6 @@ def test_a_shrunk_grid_is_a_map_only_where_a_convolution_wrote_it() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = self.conv(x)
             return self.proj(y).transpose(1, 2)  # (8, 45, 47) from a linear layer, read as (a, b, c)
-
-    from splicer.trace.layouts import infer_layouts
-    from splicer.trace.shapes import propagate_shapes
 
     graph_module = torch.fx.symbolic_trace(Both())
     propagate_shapes(graph_module, (3, 96, 96))

@@ -90,6 +90,7 @@ def is_grid(size: tuple[int, int], input_grid: tuple[int, int], shrink: int = 0)
 
 
 def _fits(size: int, full: int, stride: int, shrink: int) -> bool:
+    """One axis: floor or ceil of ``full / stride``, or up to ``shrink`` pixels below the floor."""
     return full // stride - shrink <= size <= -(-full // stride)
 
 
