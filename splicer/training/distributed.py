@@ -4,8 +4,9 @@ Training runs as one process, or as N processes started by ``torchrun`` (one per
 per CPU slot), on one machine or many. :class:`Distributed` reads torchrun's environment,
 starts the process group (NCCL on CUDA, Gloo on CPU) with a bounded timeout, wraps the
 trained modules in DistributedDataParallel (optionally with SyncBatchNorm), shards the data
-streams by rank, all-reduces metrics and gathers the global batch for losses that span it. Trainers ask it whether they run on the main
-process before they print or write files. With one process every method is a no-op.
+streams by rank, all-reduces metrics and gathers the global batch for losses that span it.
+Trainers ask it whether they run on the main process before they print or write files. With
+one process every method is a no-op.
 """
 
 from __future__ import annotations
