@@ -12,6 +12,7 @@ and a process-group timeout, so a test can fail but never hang.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -104,13 +105,13 @@ def metrics(run: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def plain_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`splicer run` (standard, SFTN, student alone, KD and AT from each) with 2 processes and with 1."""
+    """`splicer run` (standard, SFTN, student alone, KD, AT and CRD from each) with 2 processes and with 1."""
     root = tmp_path_factory.mktemp("ddp")
     (root / "plain.yaml").write_text(yaml.safe_dump(PLAIN, sort_keys=False))
-    check(torchrun(root, "run", "plain.yaml", "--methods", "kd,at", "--out", "two", "-q"))
+    check(torchrun(root, "run", "plain.yaml", "--methods", "kd,at,crd,ft,sskd,ab", "--out", "two", "-q"))
     env = {key: value for key, value in launch_env().items() if key not in ("RANK", "WORLD_SIZE")}
     one = subprocess.run(
-        [sys.executable, "-m", "splicer", "run", "plain.yaml", "--methods", "kd,at", "--out", "one", "-q"],
+        [sys.executable, "-m", "splicer", "run", "plain.yaml", "--methods", "kd,at,crd,ft,sskd,ab", "--out", "one", "-q"],
         cwd=root,
         env=env,
         capture_output=True,
@@ -121,16 +122,51 @@ def plain_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("run", ["standard", "student", "kd-from-standard", "at-from-standard"])
+@pytest.mark.parametrize(
+    "run", ["standard", "student", "kd-from-standard", "at-from-standard", "crd-from-standard", "sskd-from-standard"]
+)
 def test_two_processes_reach_the_weights_of_one_process(plain_runs: Path, run: str):
     one, two = plain_runs / "one" / "seed0" / run, plain_runs / "two" / "seed0" / run
     assert_same_weights(model(one / "last.pt"), model(two / "last.pt"))
     # Same losses and the same test accuracy: 37 test images, each scored once over the ranks.
     for a, b in zip(metrics(one), metrics(two), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["terms"] == pytest.approx(b["terms"], rel=1e-4, abs=1e-6)
         assert a["eval_top1"] == pytest.approx(b["eval_top1"])
         assert a["train_acc"] == pytest.approx(b["train_acc"])
     assert metrics(one)[0]["loss"] != pytest.approx(metrics(one)[-1]["loss"], rel=1e-3)  # it trained
+
+
+@pytest.mark.parametrize(("run", "phase"), [("sskd-from-standard", "teacher-head"), ("ft-from-standard", "paraphraser")])
+def test_phases_under_two_processes_reach_the_weights_of_one_process(plain_runs: Path, run: str, phase: str):
+    """SSKD's head contrasts each rotated copy with the whole global batch, so both ranks gather it."""
+    one, two = (plain_runs / side / "seed0" / run / "phases" / phase for side in ("one", "two"))
+    assert_same_weights(model(one / "last.pt"), model(two / "last.pt"))
+    assert [r["loss"] for r in metrics(one)] == pytest.approx([r["loss"] for r in metrics(two)], rel=1e-5)
+
+
+@pytest.mark.parametrize(("run", "phase"), [("ft-from-standard", "paraphraser"), ("ab-from-standard", "init")])
+def test_methods_with_batchnorm_in_their_modules_finish_under_two_processes(plain_runs: Path, run: str, phase: str):
+    """FT's translator and AB's connectors normalise with each rank's share (as DDP does), so they are not
+    compared with one process: their phase and main run must finish, with finite losses, on both ranks' data."""
+    folder = plain_runs / "two" / "seed0" / run
+    for part in (folder / "phases" / phase, folder):
+        summary = yaml.safe_load((part / "summary.json").read_text())
+        assert summary["processes"] == 2
+        assert all(math.isfinite(record["loss"]) for record in metrics(part))
+
+
+def test_two_process_crd_keeps_the_memory_banks_of_one_process(plain_runs: Path):
+    """Each rank writes the whole global batch into its banks and samples its negatives from the global draw."""
+    one, two = (
+        torch.load(plain_runs / side / "seed0" / "crd-from-standard" / "last.pt", weights_only=True)["extra"]["method"]
+        for side in ("one", "two")
+    )
+    state_one, state_two = one.pop("_extra_state"), two.pop("_extra_state")
+    assert one["student_memory"].shape == (64, 128)
+    assert_same_weights(one, two)  # both banks and both embeddings
+    assert state_one["steps"] == state_two["steps"] == 8  # 2 epochs of 4 global batches
+    assert state_one["normalizers"] == pytest.approx(state_two["normalizers"], rel=1e-5)
 
 
 def test_only_rank_zero_writes_and_the_report_is_complete(plain_runs: Path):

@@ -130,12 +130,14 @@ def test_nproc_becomes_a_torchrun_command_without_nproc():
     ]
 
 
-def test_crd_is_refused_under_several_processes_before_training():
-    from splicer.training.methods import METHODS
+def test_single_process_features_are_refused_under_several_processes():
+    Distributed(rank=0, world_size=1).require_single_process("--sweep", "not written for torchrun yet")  # one process: fine
+    with pytest.raises(SplicerError, match=r"--sweep runs in one process only \(not written for torchrun yet\).*WORLD_SIZE=2"):
+        Distributed(rank=1, world_size=2).require_single_process("--sweep", "not written for torchrun yet")
 
-    reason = METHODS["crd"].single_process_reason
-    assert reason and "memory banks" in reason
-    Distributed(rank=0, world_size=1).require_single_process("--method crd", reason)  # one process: fine
-    with pytest.raises(SplicerError, match=r"--method crd runs in one process only \(its memory banks.*WORLD_SIZE=2"):
-        Distributed(rank=1, world_size=2).require_single_process("--method crd", reason)
-    assert all(METHODS[name].single_process_reason is None for name in ("kd", "fitnets", "at", "oh", "dkd"))
+
+def test_one_process_is_its_own_global_batch():
+    rows = torch.arange(6).view(3, 2)
+    assert Distributed().gather_batch(rows, groups=3) is rows
+    assert Distributed().own_rows(3) == slice(0, 3)
+    assert Distributed(rank=1, world_size=2).own_rows(3) == slice(3, 6)

@@ -4,8 +4,9 @@ Training runs as one process, or as N processes started by ``torchrun`` (one per
 per CPU slot), on one machine or many. :class:`Distributed` reads torchrun's environment,
 starts the process group (NCCL on CUDA, Gloo on CPU) with a bounded timeout, wraps the
 trained modules in DistributedDataParallel (optionally with SyncBatchNorm), shards the data
-streams by rank and all-reduces metrics. Trainers ask it whether they run on the main
-process before they print or write files. With one process every method is a no-op.
+streams by rank, all-reduces metrics and gathers the global batch for losses that span it.
+Trainers ask it whether they run on the main process before they print or write files. With
+one process every method is a no-op.
 """
 
 from __future__ import annotations
@@ -136,6 +137,15 @@ class Distributed:
             return module
         from torch.nn.parallel import DistributedDataParallel
 
+        # Buffers a module keeps equal on every rank itself (``rank_synced_buffers``) are not broadcast from rank 0
+        # at every step: for CRD's memory banks that would send the whole bank each step.
+        synced = [
+            f"{prefix}.{name}" if prefix else name
+            for prefix, sub in module.named_modules()
+            for name in getattr(sub, "rank_synced_buffers", ())
+        ]
+        if synced:
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, synced)
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids)
 
@@ -154,6 +164,26 @@ class Distributed:
 
             td.all_reduce(tensor, op=td.ReduceOp.MAX)
         return tensor
+
+    def gather_batch(self, share: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        """The global batch from every rank's ``share`` (equal shares, as training batches are), in the
+        order one process would hold it; differentiable, so a loss over the whole batch (in-batch
+        negatives, batch-wide selections) is the one-process loss on every rank.
+
+        ``groups``: the share is that many stacked blocks of its images (SSKD's rotated copies); the
+        result keeps the blocks: block 0 of every rank, then block 1, and so on.
+        """
+        if not self.active:
+            return share
+        import torch
+        from torch.distributed.nn.functional import all_gather
+
+        parts = all_gather(share)  # rank order; the backward sums each rank's gradient back to its share
+        return torch.cat([part.unflatten(0, (groups, -1)) for part in parts], dim=1).flatten(0, 1)
+
+    def own_rows(self, share: int) -> slice:
+        """This rank's rows in a :meth:`gather_batch` of ``share`` rows per rank (one group)."""
+        return slice(self.rank * share, (self.rank + 1) * share)
 
     def from_main(self, value: T) -> T:
         """Rank 0's ``value`` on every rank (e.g. a run folder named after the time it started)."""

@@ -78,8 +78,6 @@ def distill(
     if loss_method.needs_preactivations:  # before the run folder exists: a block end without a ReLU is a spec error
         teacher_net.check_preactivations("teacher", method)
         student.check_preactivations("student", method)
-    if loss_method.single_process_reason:
-        dist.require_single_process(f"--method {method}", loss_method.single_process_reason)
     loss_method.prepare(teacher_net)
     run = open_run(spec.name, f"distill-{method}-{kind}", out, resume)
     if resume:

@@ -145,8 +145,6 @@ class DistillMethod(nn.Module):
     yields each image's index in the training split and ``forward`` gets them as ``indices``."""
     needs_preactivations: ClassVar[bool] = False
     """True: the trainer passes each block end's pre-activation (value before its final ReLU) as the features."""
-    single_process_reason: ClassVar[str | None] = None
-    """Why the method cannot run under several processes yet (None: it can); checked before training."""
     Options: ClassVar[type[MethodOptions]] = MethodOptions
 
     def __init__(

@@ -11,8 +11,10 @@ constant Z (fixed from the first batch), the memory update and the negative samp
 follow the authors' RepDistiller code (crd/criterion.py, crd/memory.py and
 dataset/cifar100.py, ``--mode exact``).
 
-The banks assume one training process: under data-parallel training each process would
-have to write every process's batch into its banks (an all-gather of embeddings and indices).
+Under torchrun every rank keeps the same banks: each step gathers the global batch's indices
+and embeddings from all ranks, draws the negatives for the whole global batch (using its own
+rows), fixes Z from the whole first batch and writes every rank's rows into its banks, so N
+processes compute what one process does on the global batch.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from splicer.errors import SplicerError
+from splicer.training.distributed import Distributed
 from splicer.training.methods.base import FeatureMethod, MethodOptions, Shape, kd_loss, register_method
 
 if TYPE_CHECKING:
@@ -94,7 +97,15 @@ class CRD(FeatureMethod):
 
     default_feature_weight: ClassVar[float] = 0.8
     needs_indices: ClassVar[bool] = True
-    single_process_reason: ClassVar[str | None] = "its memory banks would be updated from one process's share of each batch"
+    rank_synced_buffers: ClassVar[tuple[str, ...]] = (
+        "student_memory",
+        "teacher_memory",
+        "train_labels",
+        "class_order",
+        "class_start",
+        "class_count",
+    )
+    """Kept equal on every rank by the gathered updates, so DDP need not broadcast them each step."""
     Options: ClassVar[type[MethodOptions]] = CRDOptions
 
     student_memory: Tensor
@@ -115,6 +126,7 @@ class CRD(FeatureMethod):
         self.normalizers: list[float] | None = None  # Z of (student anchor, teacher anchor), set by the first batch
         self.negatives = self.options.negatives
         self._generator: torch.Generator | None = None
+        self._dist = Distributed.from_env()
 
     def bind_data(self, data: DataBundle) -> None:
         """Create the memory banks (one row per training image) and the per-class index for sampling."""
@@ -167,21 +179,27 @@ class CRD(FeatureMethod):
         with torch.autocast(student_feature.device.type, enabled=False):
             student = self.embed_student(pooled(student_feature).float())
             teacher = self.embed_teacher(pooled(teacher_feature).float())
-            contrast = torch.cat([indices[:, None], self.sample_negatives(indices)], dim=1)
+            global_indices = self._dist.gather_batch(indices)
+            own_negatives = self.sample_negatives(global_indices)[self._dist.own_rows(len(indices))]
+            contrast = torch.cat([indices[:, None], own_negatives], dim=1)
             temperature = self.options.temperature
             # Scores against the whole bank, then gathered: B x N instead of B x (K+1) x dim for the samples.
             student_anchor = torch.exp((student @ self.teacher_memory.T).gather(1, contrast) / temperature)
             teacher_anchor = torch.exp((teacher @ self.student_memory.T).gather(1, contrast) / temperature)
             count = len(self.student_memory)
             if self.normalizers is None:
-                # The authors' Z: the mean score of the first batch times the number of training images, then fixed.
-                self.normalizers = [student_anchor.mean().item() * count, teacher_anchor.mean().item() * count]
+                # The authors' Z: the mean score of the first (global) batch times the number of training images, then fixed.
+                scores = student_anchor.detach()
+                sums = torch.stack([scores.sum(), teacher_anchor.detach().sum(), scores.new_tensor(scores.numel())])
+                sums = self._dist.sum(sums)
+                self.normalizers = [(sums[0] / sums[2]).item() * count, (sums[1] / sums[2]).item() * count]
             noise = 1.0 / count
             loss = nce_loss(student_anchor / self.normalizers[0], noise) + nce_loss(
                 teacher_anchor / self.normalizers[1], noise
             )
             if self.training:
-                self.update_memory(indices, student.detach(), teacher.detach())
+                rows = self._dist.gather_batch(torch.cat([student.detach(), teacher.detach()], dim=1))
+                self.update_memory(global_indices, *rows.split(student.shape[1], dim=1))
         return loss
 
     @torch.no_grad()

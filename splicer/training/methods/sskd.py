@@ -15,6 +15,10 @@ plus the ``ratio`` share of the wrong ones it ranks best (the authors' error-cor
 selection). Defaults are the authors' (xuguodong03/SSKD, student.py): ce 0.1, kd 0.9,
 tf 2.7, ss 10.0, T 4, T_tf 4, T_ss 0.5, ratios 1.0 and 0.75; the head phase lasts 60 of
 240 epochs at lr 0.05, divided by 10 at its half and three quarters.
+
+The similarity rows and both selections span the whole batch, so under torchrun every rank
+gathers the global batch's logits and head outputs (differentiably) and computes the loss
+one process would: N processes train as one on the global batch.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from splicer.errors import SplicerError
+from splicer.training.distributed import Distributed
 from splicer.training.methods.base import (
     DistillMethod,
     MethodOptions,
@@ -131,6 +136,7 @@ class SSKD(DistillMethod):
         self.teacher_head = ProjectionHead(teacher_shapes[-1][0])
         self.teacher_head.requires_grad_(False)  # trained only in its phase
         self.student_head = ProjectionHead(student_shapes[-1][0])
+        self._dist = Distributed.from_env()
 
     def forward(
         self,
@@ -140,13 +146,15 @@ class SSKD(DistillMethod):
         teacher_features: list[Tensor],
         targets: Tensor,
     ) -> dict[str, Tensor]:
-        """The weighted terms from the outputs on a :func:`rotated` batch (4B rows) and the B labels."""
+        """The weighted terms from the outputs on a :func:`rotated` batch (4B rows) and the B labels,
+        over the global batch under torchrun."""
+        gather = self._dist.gather_batch
         return self.terms(
-            student_logits,
-            teacher_logits,
-            self.student_head(student_features[-1]),
-            self.teacher_head(teacher_features[-1]),
-            targets,
+            gather(student_logits, ROTATIONS),
+            gather(teacher_logits, ROTATIONS),
+            gather(self.student_head(student_features[-1]), ROTATIONS),
+            gather(self.teacher_head(teacher_features[-1]), ROTATIONS),
+            gather(targets),
         )
 
     def terms(
@@ -189,8 +197,10 @@ class SSKD(DistillMethod):
         def head_loss(images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], None]:
             with torch.no_grad():
                 features, _ = teacher.forward_features(rotated(images))
-            scores = similarity(self.teacher_head(features[-1]), len(images))
-            loss = F.cross_entropy(scores, source_of_copies(len(images), images.device))
+            representations = self._dist.gather_batch(self.teacher_head(features[-1]), ROTATIONS)
+            batch = len(representations) // ROTATIONS
+            scores = similarity(representations, batch)
+            loss = F.cross_entropy(scores, source_of_copies(batch, images.device))
             return {"similarity_ce": loss, "total": loss}, None
 
         epochs = phase_epochs(self.options.head_epochs, AUTHORS_HEAD_EPOCHS, AUTHORS_MAIN_EPOCHS, main_epochs)
