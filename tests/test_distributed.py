@@ -12,6 +12,7 @@ and a process-group timeout, so a test can fail but never hang.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -98,9 +99,11 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
 
 
 def metrics(run: Path) -> list[dict]:
-    import json
-
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+METHODS = "kd,at,crd,ft,sskd,ab"
+"""Distilled in both ``plain_runs``: plain losses, CRD's banks, SSKD's in-batch terms, methods with phases."""
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +111,10 @@ def plain_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`splicer run` (standard, SFTN, student alone, KD, AT and CRD from each) with 2 processes and with 1."""
     root = tmp_path_factory.mktemp("ddp")
     (root / "plain.yaml").write_text(yaml.safe_dump(PLAIN, sort_keys=False))
-    check(torchrun(root, "run", "plain.yaml", "--methods", "kd,at,crd,ft,sskd,ab", "--out", "two", "-q"))
+    check(torchrun(root, "run", "plain.yaml", "--methods", METHODS, "--out", "two", "-q"))
     env = {key: value for key, value in launch_env().items() if key not in ("RANK", "WORLD_SIZE")}
     one = subprocess.run(
-        [sys.executable, "-m", "splicer", "run", "plain.yaml", "--methods", "kd,at,crd,ft,sskd,ab", "--out", "one", "-q"],
+        [sys.executable, "-m", "splicer", "run", "plain.yaml", "--methods", METHODS, "--out", "one", "-q"],
         cwd=root,
         env=env,
         capture_output=True,
@@ -137,7 +140,9 @@ def test_two_processes_reach_the_weights_of_one_process(plain_runs: Path, run: s
     assert metrics(one)[0]["loss"] != pytest.approx(metrics(one)[-1]["loss"], rel=1e-3)  # it trained
 
 
-@pytest.mark.parametrize(("run", "phase"), [("sskd-from-standard", "teacher-head"), ("ft-from-standard", "paraphraser")])
+@pytest.mark.parametrize(
+    ("run", "phase"), [("sskd-from-standard", "teacher-head"), ("ft-from-standard", "paraphraser")]
+)
 def test_phases_under_two_processes_reach_the_weights_of_one_process(plain_runs: Path, run: str, phase: str):
     """SSKD's head contrasts each rotated copy with the whole global batch, so both ranks gather it."""
     one, two = (plain_runs / side / "seed0" / run / "phases" / phase for side in ("one", "two"))
@@ -167,6 +172,26 @@ def test_two_process_crd_keeps_the_memory_banks_of_one_process(plain_runs: Path)
     assert_same_weights(one, two)  # both banks and both embeddings
     assert state_one["steps"] == state_two["steps"] == 8  # 2 epochs of 4 global batches
     assert state_one["normalizers"] == pytest.approx(state_two["normalizers"], rel=1e-5)
+
+
+def test_sweep_under_two_processes_trains_its_reference_as_one_process_and_reuses_it(plain_runs: Path):
+    """`run --sweep loss.tau=1,4` with 2 processes: tau leaves the standard teacher alone, so the sweep's
+    reference is the one-process `run`'s; a second launch reuses every finished run and writes the report again."""
+    command = ("run", "plain.yaml", "--sweep", "loss.tau=1,4", "--methods", "kd", "--out", "sweep", "-q")
+    check(torchrun(plain_runs, *command))
+    sweep = plain_runs / "sweep" / "seed0"
+    for run in ("standard", "kd-from-standard"):
+        one_process = model(plain_runs / "one" / "seed0" / run / "last.pt")
+        assert_same_weights(one_process, model(sweep / "reference" / run / "last.pt"))
+    report = json.loads((plain_runs / "sweep" / "report.json").read_text())
+    assert [row["assignment"] for row in report["cells"]] == [{"loss.tau": 1}, {"loss.tau": 4}]
+    for cell in ("loss.tau=1", "loss.tau=4"):
+        assert json.loads((sweep / cell / "sftn" / "summary.json").read_text())["processes"] == 2
+    checkpoints = {path: path.stat().st_mtime_ns for path in sweep.rglob("last.pt")}
+    again = torchrun(plain_runs, *command)
+    check(again)
+    assert {path: path.stat().st_mtime_ns for path in sweep.rglob("last.pt")} == checkpoints  # nothing retrained
+    assert again.stdout.count("| Setting |") == 1  # the table, printed once (rank 0)
 
 
 def test_only_rank_zero_writes_and_the_report_is_complete(plain_runs: Path):

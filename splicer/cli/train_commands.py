@@ -271,11 +271,11 @@ def run(
         seed_list = [int(s) for s in _split(seeds)] if seeds is not None else [resolved.train.seed]
     except ValueError:
         raise SplicerError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
-    if sweep or baselines or probe is not None:
+    if baselines or probe is not None:
         from splicer.training.distributed import Distributed
 
         Distributed.from_env().require_single_process(
-            "--sweep, the baselines (dml, kdcl, rco) and --probe", "not written for torchrun yet"
+            "the baselines (dml, kdcl, rco) and --probe", "not written for torchrun yet"
         )
     probe_data = None
     if probe is not None:
@@ -288,6 +288,8 @@ def run(
         if baselines or probe_data is not None:
             raise SplicerError("--sweep compares SFTN settings; run baselines (dml, kdcl, rco) and --probe without it")
         report = run_sweep(resolved, parse_sweeps(sweep), method_list, seed_list, out=out, quiet=quiet)
+        if not _is_main():
+            return
         typer.echo(render_markdown(report))
         typer.echo(f"wrote {report['folder']}/report.md and report.json")
         return

@@ -24,6 +24,7 @@ from typing import Any
 from splicer.errors import SplicerError
 from splicer.spec import Spec
 from splicer.training.distributed import Distributed
+from splicer.training.engine import Runtime
 from splicer.training.overrides import apply_overrides
 from splicer.training.runs import RUNS_ROOT, RunDir
 from splicer.training.stage1 import train_teacher
@@ -103,7 +104,9 @@ def run_sweep(
     for assignment in cells:
         cell_spec(spec, assignment)  # fail on a bad key or value before anything is written
     root = Path(out) if out is not None else RUNS_ROOT / spec.name / "sweep"
-    _claim(root, spec)
+    dist = Distributed.from_env()
+    Runtime.for_spec(spec, dist)  # under torchrun: join the process group before the ranks compare notes
+    _claim(root, spec, dist)
     results: dict[str, Any] = {}
     for seed in seeds:
         seeded = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": seed})})
@@ -112,13 +115,13 @@ def run_sweep(
         }
     report = build_report(spec, sweeps, cells, methods, seeds, results)
     report["folder"] = str(root)
-    if Distributed.from_env().is_main:
+    if dist.is_main:
         (root / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (root / "report.md").write_text(render_markdown(report))
     return report
 
 
-def _claim(root: Path, spec: Spec) -> None:
+def _claim(root: Path, spec: Spec, dist: Distributed) -> None:
     """Record the sweep's base spec, or check that the folder's sweep was started with this one."""
     marker = root / "sweep.json"
     base = spec.model_dump(mode="json")
@@ -131,7 +134,8 @@ def _claim(root: Path, spec: Spec) -> None:
         return
     if root.exists() and any(root.iterdir()):
         raise SplicerError(f"{root} is not empty and holds no sweep.json; choose another --out")
-    if Distributed.from_env().is_main:
+    dist.barrier()  # every rank has looked at the folder before rank 0 fills it
+    if dist.is_main:
         root.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"spec": base}, indent=2) + "\n")
 
