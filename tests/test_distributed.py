@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -192,6 +193,23 @@ def test_sweep_under_two_processes_trains_its_reference_as_one_process_and_reuse
     check(again)
     assert {path: path.stat().st_mtime_ns for path in sweep.rglob("last.pt")} == checkpoints  # nothing retrained
     assert again.stdout.count("| Setting |") == 1  # the table, printed once (rank 0)
+
+
+def test_probe_under_two_processes_scores_as_one_process(plain_runs: Path):
+    """`run --resume --probe` under torchrun: every rank probes (the same frozen networks), rank 0 writes table 7."""
+    from splicer.training.probe import linear_probe, load_probe_data
+
+    shutil.copytree(plain_runs / "two", plain_runs / "probe")
+    data_file = plain_runs / "probe.yaml"
+    data_file.write_text(yaml.safe_dump({"num_classes": 4, "data": {"dataset": "synthetic", "synthetic_train": 48}}))
+    command = ("run", "plain.yaml", "--methods", "kd", "--out", "probe", "--resume", "--probe", "probe.yaml", "-q")
+    done = torchrun(plain_runs, *command, "--probe-device", "cpu")
+    check(done)
+    assert done.stdout.count("## Transfer by linear probe") == 1
+    rows = json.loads((plain_runs / "probe" / "report.json").read_text())["transfer"]["rows"]
+    assert set(rows) == {"standard", "sftn", "student", "kd-from-standard", "kd-from-sftn"}
+    one_process = linear_probe(plain_runs / "one" / "seed0" / "standard", load_probe_data(data_file), "cpu")
+    assert rows["standard"]["values"] == [pytest.approx(one_process["top1"])]
 
 
 def test_only_rank_zero_writes_and_the_report_is_complete(plain_runs: Path):
