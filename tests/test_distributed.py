@@ -212,6 +212,37 @@ def test_probe_under_two_processes_scores_as_one_process(plain_runs: Path):
     assert rows["standard"]["values"] == [pytest.approx(one_process["top1"])]
 
 
+def test_baselines_under_two_processes_reach_the_weights_of_one_process(plain_runs: Path):
+    """DML, KDCL (student and its jointly trained teacher) and RCO (from the standard teacher's anchor)
+    added to the finished experiments by `run --resume`, with 2 processes and with 1."""
+    command = ["run", "plain.yaml", "--methods", "kd,dml,kdcl,rco", "--anchors", "1", "--resume", "-q"]
+    for side in ("one", "two"):
+        shutil.copytree(plain_runs / side, plain_runs / f"baselines-{side}")
+        standard = plain_runs / f"baselines-{side}" / "seed0" / "standard"
+        (standard / "anchors").mkdir()  # what `--anchors 1` keeps: the final state
+        shutil.copy(standard / "last.pt", standard / "anchors" / "epoch-0002.pt")
+    one = subprocess.run(
+        [sys.executable, "-m", "splicer", *command, "--out", "baselines-one"],
+        cwd=plain_runs,
+        env={key: value for key, value in launch_env().items() if key not in ("RANK", "WORLD_SIZE")},
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT,
+    )
+    check(one)
+    two = torchrun(plain_runs, *command, "--out", "baselines-two")
+    check(two)
+    assert two.stdout.count("## Online and curriculum baselines") == 1
+    for run in ("dml", "kdcl", "rco"):
+        one_run, two_run = (plain_runs / f"baselines-{side}" / "seed0" / run / "last.pt" for side in ("one", "two"))
+        assert_same_weights(model(one_run), model(two_run))
+        if run != "rco":  # the teacher trained alongside
+            extra = [torch.load(path, weights_only=True)["extra"]["teacher"] for path in (one_run, two_run)]
+            assert_same_weights(*extra)
+        summary = json.loads((two_run.parent / "summary.json").read_text())
+        assert summary["processes"] == 2
+
+
 def test_only_rank_zero_writes_and_the_report_is_complete(plain_runs: Path):
     two = plain_runs / "two"
     assert (two / "report.md").is_file() and (two / "report.json").is_file()

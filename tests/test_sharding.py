@@ -130,12 +130,6 @@ def test_nproc_becomes_a_torchrun_command_without_nproc():
     ]
 
 
-def test_single_process_features_are_refused_under_several_processes():
-    Distributed(rank=0, world_size=1).require_single_process("--sweep", "not written for torchrun yet")  # one process: fine
-    with pytest.raises(SplicerError, match=r"--sweep runs in one process only \(not written for torchrun yet\).*WORLD_SIZE=2"):
-        Distributed(rank=1, world_size=2).require_single_process("--sweep", "not written for torchrun yet")
-
-
 def test_one_process_is_its_own_global_batch():
     rows = torch.arange(6).view(3, 2)
     assert Distributed().gather_batch(rows, groups=3) is rows

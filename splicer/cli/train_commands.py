@@ -271,10 +271,6 @@ def run(
         seed_list = [int(s) for s in _split(seeds)] if seeds is not None else [resolved.train.seed]
     except ValueError:
         raise SplicerError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
-    if baselines:
-        from splicer.training.distributed import Distributed
-
-        Distributed.from_env().require_single_process("the baselines (dml, kdcl, rco)", "not written for torchrun yet")
     probe_data = None
     if probe is not None:
         from splicer.training.probe import load_probe_data

@@ -18,6 +18,7 @@ from splicer.errors import SplicerError
 from splicer.spec import Spec
 from splicer.training.checkpoint import copy_atomic, load_checkpoint
 from splicer.training.distributed import Distributed
+from splicer.training.engine import Runtime
 from splicer.training.runs import RunDir
 
 ANCHOR_FOLDER = "anchors"
@@ -47,6 +48,8 @@ def train_anchored_teacher(
     """Train the standard teacher of ``spec`` in ``out``, saving ``count`` anchors at equal epoch intervals."""
     from splicer.training.stage1 import train_teacher
 
+    dist = Distributed.from_env()
+    Runtime.for_spec(spec, dist)  # joins the process group: the ranks wait below for rank 0's copies
     run = RunDir(Path(out))
     done = load_checkpoint(run.last)["epoch"] if resume and run.last.is_file() else 0
     summary = None
@@ -61,7 +64,8 @@ def train_anchored_teacher(
             segment = spec.model_copy(update={"train": spec.train.model_copy(update={"epochs": end})})
             summary = train_teacher(segment, True, run.path, run.last.is_file(), quiet)
             done = end
-        if Distributed.from_env().is_main and not target.is_file():
+        if dist.is_main and not target.is_file():
             target.parent.mkdir(exist_ok=True)
             copy_atomic(run.last, target)
+    dist.barrier()  # every anchor is on disk before any rank's RCO student reads it
     return summary if summary is not None else json.loads(run.summary.read_text())

@@ -106,14 +106,6 @@ class Distributed:
                 f"processes; use a multiple of {self.world_size}, e.g. {batch_size - batch_size % self.world_size or self.world_size}"
             )
 
-    def require_single_process(self, what: str, why: str) -> None:
-        """Refuse a feature that is not written for several processes yet, before anything trains."""
-        if self.active:
-            raise SplicerError(
-                f"{what} runs in one process only ({why}); this job has WORLD_SIZE={self.world_size}: "
-                "run it without torchrun / --nproc"
-            )
-
     def shard(self, data: DataBundle) -> None:
         """Give this rank its share of the training batches and its own part of the eval split."""
         if self.active:

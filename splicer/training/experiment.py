@@ -177,12 +177,13 @@ def _record_failure(path: Path, method: str, kind: str, exc: Exception) -> dict[
 
 
 def _finished(folder: Path, spec: Spec, resume: bool) -> dict[str, Any] | None:
-    """With ``resume``, the summary of a run that already trained all its epochs."""
+    """With ``resume``, the summary of a run that already trained all its epochs, naming the folder it
+    is in now (an experiment folder may have been moved or copied since it trained)."""
     run = RunDir(folder)
     if resume and run.summary.is_file():
         summary = json.loads(run.summary.read_text())
         if summary["epochs"] >= spec.train.epochs:
-            return summary
+            return {**summary, "run": str(folder)}
     return None
 
 
