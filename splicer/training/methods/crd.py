@@ -188,7 +188,7 @@ class CRD(FeatureMethod):
             teacher_anchor = torch.exp((teacher @ self.student_memory.T).gather(1, contrast) / temperature)
             count = len(self.student_memory)
             if self.normalizers is None:
-                # The authors' Z: the mean score of the first (global) batch times the number of training images, then fixed.
+                # The authors' Z: the first (global) batch's mean score times the training set size, then fixed.
                 scores = student_anchor.detach()
                 sums = torch.stack([scores.sum(), teacher_anchor.detach().sum(), scores.new_tensor(scores.numel())])
                 sums = self._dist.sum(sums)
