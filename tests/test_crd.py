@@ -133,6 +133,18 @@ def test_crd_loss_and_memory_update_match_a_hand_computation():
     assert method.normalizers == pytest.approx(list(z), rel=1e-5)
 
 
+def test_the_buffers_ddp_skips_are_the_memory_banks_and_their_index():
+    """Named as DDP sees them inside the wrapped training step; a misspelt name would skip nothing."""
+    from torch import nn
+
+    from splicer.training.distributed import rank_synced_buffer_names
+
+    step = nn.ModuleDict({"method": crd()})
+    names = rank_synced_buffer_names(step)
+    assert set(names) <= dict(step.named_buffers()).keys()
+    assert {"method.student_memory", "method.teacher_memory", "method.train_labels"} <= set(names)
+
+
 def test_crd_defaults_are_the_authors():
     method = create_method("crd", DistillSpec(), [(8, 4, 4)], [(4, 4, 4)])
     assert (method.options.embed_dim, method.options.negatives) == (128, 16384)

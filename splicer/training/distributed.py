@@ -129,14 +129,8 @@ class Distributed:
             return module
         from torch.nn.parallel import DistributedDataParallel
 
-        # Buffers a module keeps equal on every rank itself (``rank_synced_buffers``) are not broadcast from rank 0
-        # at every step: for CRD's memory banks that would send the whole bank each step.
-        synced = [
-            f"{prefix}.{name}" if prefix else name
-            for prefix, sub in module.named_modules()
-            for name in getattr(sub, "rank_synced_buffers", ())
-        ]
-        if synced:
+        synced = rank_synced_buffer_names(module)
+        if synced:  # not broadcast from rank 0 at every step: for CRD that would send its whole banks
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, synced)
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids)
@@ -193,6 +187,16 @@ class Distributed:
             import torch.distributed as td
 
             td.barrier()
+
+
+def rank_synced_buffer_names(module: nn.Module) -> list[str]:
+    """Qualified names of the buffers ``module``'s submodules keep equal on every rank themselves
+    (their ``rank_synced_buffers``), which DDP therefore need not broadcast."""
+    return [
+        f"{prefix}.{name}" if prefix else name
+        for prefix, sub in module.named_modules()
+        for name in getattr(sub, "rank_synced_buffers", ())
+    ]
 
 
 def _leave() -> None:
