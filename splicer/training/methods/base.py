@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from splicer.errors import SplicerError, did_you_mean
 from splicer.spec.schema import DistillSpec
+from splicer.training.distributed import Distributed
 from splicer.training.losses import softened_kl
 
 if TYPE_CHECKING:
@@ -234,11 +235,13 @@ class FeatureMethod(DistillMethod):
         raise NotImplementedError
 
 
-def in_float32(features: list[Tensor]) -> tuple[AbstractContextManager[Any], list[Tensor]]:
-    """Autocast off and the features in float32, for losses built on batch relations (Gram
-    matrices, similarity distributions), which bf16's 8-bit mantissa would blur."""
+def batch_relation_inputs(features: list[Tensor]) -> tuple[AbstractContextManager[Any], list[Tensor]]:
+    """Autocast off and the features in float32 over the global batch, for losses built on batch
+    relations (Gram matrices, similarity distributions): bf16's 8-bit mantissa would blur them, and
+    under torchrun they relate every pair of images one process would (see ``Distributed.gather_batch``)."""
     device = features[0].device.type if features else "cpu"
-    return torch.autocast(device, enabled=False), [f.float() for f in features]
+    dist = Distributed.from_env()
+    return torch.autocast(device, enabled=False), [dist.gather_batch(f.float()) for f in features]
 
 
 def pooled(feature: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from splicer.training.methods.base import FeatureMethod, in_float32, pooled, register_method
+from splicer.training.methods.base import FeatureMethod, batch_relation_inputs, pooled, register_method
 
 EPS = 1e-7
 """The authors' eps, in the norms and inside the log."""
@@ -33,7 +33,7 @@ class PKT(FeatureMethod):
     default_feature_weight: ClassVar[float] = 30000.0
 
     def feature_loss(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> Tensor:
-        full_precision, (student, teacher) = in_float32([student_features[-1], teacher_features[-1]])
+        full_precision, (student, teacher) = batch_relation_inputs([student_features[-1], teacher_features[-1]])
         with full_precision:
             student, teacher = similarity_distribution(pooled(student)), similarity_distribution(pooled(teacher))
             return torch.mean(teacher * torch.log((teacher + EPS) / (student + EPS)))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from splicer.training.methods.base import FeatureMethod, MethodOptions, in_float32, pooled, register_method
+from splicer.training.methods.base import FeatureMethod, MethodOptions, batch_relation_inputs, pooled, register_method
 
 
 class RKDOptions(MethodOptions):
@@ -61,7 +61,7 @@ class RKD(FeatureMethod):
     @staticmethod
     def relation_losses(student_features: list[Tensor], teacher_features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The unweighted distance and angle losses."""
-        full_precision, (student, teacher) = in_float32([student_features[-1], teacher_features[-1]])
+        full_precision, (student, teacher) = batch_relation_inputs([student_features[-1], teacher_features[-1]])
         with full_precision:
             student, teacher = pooled(student), pooled(teacher)
             distance = F.smooth_l1_loss(normalised_distances(student), normalised_distances(teacher))

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor
 
-from splicer.training.methods.base import FeatureMethod, in_float32, register_method
+from splicer.training.methods.base import FeatureMethod, batch_relation_inputs, register_method
 
 
 def similarity_matrix(feature: Tensor) -> Tensor:
@@ -28,7 +28,7 @@ class SP(FeatureMethod):
     default_feature_weight: ClassVar[float] = 3000.0
 
     def feature_loss(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> Tensor:
-        full_precision, (student, teacher) = in_float32([student_features[-1], teacher_features[-1]])
+        full_precision, (student, teacher) = batch_relation_inputs([student_features[-1], teacher_features[-1]])
         with full_precision:
             diff = similarity_matrix(teacher) - similarity_matrix(student)
             return diff.pow(2).sum() / len(student) ** 2
