@@ -110,7 +110,7 @@ in-batch terms, methods with phases."""
 
 @pytest.fixture(scope="module")
 def plain_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`splicer run` (standard, SFTN, student alone, KD, AT and CRD from each) with 2 processes and with 1."""
+    """`splicer run` (standard, SFTN, student alone, each of METHODS from both teachers), 2 processes and 1."""
     root = tmp_path_factory.mktemp("ddp")
     (root / "plain.yaml").write_text(yaml.safe_dump(PLAIN, sort_keys=False))
     check(torchrun(root, "run", "plain.yaml", "--methods", METHODS, "--out", "two", "-q"))
