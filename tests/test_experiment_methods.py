@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -15,7 +17,14 @@ from splicer.cli.main import app
 from splicer.errors import SplicerError
 from splicer.spec import spec_from_dict
 from splicer.training import plots
-from splicer.training.experiment import build_report, expand_methods, paired_delta, render_markdown, run_experiment
+from splicer.training.experiment import (
+    ERROR_FILE,
+    build_report,
+    expand_methods,
+    paired_delta,
+    render_markdown,
+    run_experiment,
+)
 from splicer.training.methods import METHODS, DistillMethod
 from tests.conftest import toy_spec
 
@@ -184,3 +193,36 @@ def test_the_difference_is_paired_seed_by_seed():
     shuffled = paired_delta(standard, {"values": [65.0, 61.0, 63.0]})
     assert shuffled["mean"] == pytest.approx(1.0) and shuffled["values"] == [5.0, -3.0, 1.0]
     assert shuffled["std"] == pytest.approx(4.0)
+
+
+def test_an_experiment_moved_during_an_interrupted_distillation_resumes_in_its_new_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A resumed student recognises its teacher by weights, not by path: after the experiment folder
+    is moved, `run --resume --out NEW` finishes the interrupted run with the weights of a run never
+    interrupted."""
+    from splicer.training import engine
+
+    settings = tiny_spec()
+    spec = spec_from_dict({**settings, "train": {**settings["train"], "epochs": 2}})
+    run_experiment(spec, ["kd"], [0], out=tmp_path / "straight", quiet=True)
+    real_save = engine.save_atomic
+
+    def killed_before_the_students_second_epoch(payload: dict, path: Path) -> None:
+        if path.parent.name == "kd-from-standard" and payload["epoch"] == 2:
+            raise RuntimeError("killed")
+        real_save(payload, path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "save_atomic", killed_before_the_students_second_epoch)
+        interrupted = run_experiment(spec, ["kd"], [0], out=tmp_path / "first", quiet=True)
+    assert interrupted["methods"]["kd"]["standard"] is None and interrupted["methods"]["kd"]["sftn"] is not None
+    shutil.move(tmp_path / "first", tmp_path / "moved")
+    resumed = run_experiment(spec, ["kd"], [0], out=tmp_path / "moved", resume=True, quiet=True)
+    run = tmp_path / "moved" / "seed0" / "kd-from-standard"
+    assert resumed["methods"]["kd"]["standard"] is not None and not (run / ERROR_FILE).exists()
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and Path(state["meta"]["teacher"]).is_relative_to(tmp_path / "moved")
+    straight = torch.load(tmp_path / "straight" / "seed0" / "kd-from-standard" / "last.pt", weights_only=True)
+    for name, value in straight["model"].items():
+        assert torch.equal(state["model"][name], value), name

@@ -185,14 +185,31 @@ def test_a_run_with_only_a_phase_checkpoint_is_resumed_not_overwritten(
         app, ["distill", str(spec_file), "--teacher", str(teacher), "--method", "sskd", "--out", str(out)]
     )
     assert fresh.exit_code == 2 and "already holds a run" in fresh.output and "--resume" in fresh.output
-    other_teacher = tmp_path / "other"
-    other_teacher.mkdir()
-    (other_teacher / "last.pt").write_bytes((teacher / "last.pt").read_bytes())
-    wrong = runner.invoke(
-        app,
-        ["distill", str(spec_file), "--teacher", str(other_teacher), "--method", "sskd", "--out", str(out), "--resume"],
-    )
-    assert wrong.exit_code == 2 and "was distilled from" in wrong.output
+    other_teacher, same_teacher = tmp_path / "other", tmp_path / "copy"
+    for folder in (other_teacher, same_teacher):
+        folder.mkdir()
+    (same_teacher / "last.pt").write_bytes((teacher / "last.pt").read_bytes())
+    state = torch.load(teacher / "last.pt", weights_only=True)
+    first = next(key for key, value in state["model"].items() if value.is_floating_point())
+    state["model"][first] = state["model"][first] + 1e-3
+    torch.save(state, other_teacher / "last.pt")
+
+    def resume_from(teacher_folder: Path):
+        arguments = ["--teacher", str(teacher_folder), "--method", "sskd", "--out", str(out), "--resume", "-q"]
+        return runner.invoke(app, ["distill", str(spec_file), *arguments])
+
+    wrong = resume_from(other_teacher)
+    assert wrong.exit_code == 2 and "was distilled from other teacher weights" in wrong.output
+    phase_checkpoint = out / "phases" / PHASES["sskd"] / "last.pt"
+    original, written = phase_checkpoint.read_bytes(), torch.load(phase_checkpoint, weights_only=True)
+    del written["meta"]["teacher_digest"]  # as runs written before teachers had a digest
+    torch.save(written, phase_checkpoint)
+    by_path = resume_from(same_teacher)
+    assert by_path.exit_code == 2 and f"pass --teacher {teacher / 'last.pt'}" in by_path.output
+    phase_checkpoint.write_bytes(original)
+    moved = resume_from(same_teacher)  # the same weights in another folder: a copied or moved experiment
+    assert moved.exit_code == 0, moved.output
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
 
 
 def test_a_diverging_phase_names_the_setting_of_its_learning_rate(spec_file: Path, teacher: Path, tmp_path: Path):

@@ -8,6 +8,7 @@ checkpoint, never a half-written or diverged one.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -100,6 +101,17 @@ def teacher_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
         return dict(model)
     prefix = "teacher."
     return {key[len(prefix) :]: value for key, value in model.items() if key.startswith(prefix)}
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state_dict's names, dtypes, shapes and values: it names the weights, not the file,
+    so a copied or moved run is still recognised as the same teacher."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def network_from_checkpoint(checkpoint: dict[str, Any], path: Path, spec: Spec | None = None) -> TappedBlockNet:

@@ -21,7 +21,14 @@ from splicer.assembly.tapped import TappedBlockNet
 from splicer.data import build_data
 from splicer.errors import SplicerError
 from splicer.spec import Spec
-from splicer.training.checkpoint import TEACHER_KINDS, load_checkpoint, network_from_checkpoint, resolve_checkpoint
+from splicer.training.checkpoint import (
+    TEACHER_KINDS,
+    load_checkpoint,
+    network_from_checkpoint,
+    resolve_checkpoint,
+    teacher_state,
+    weights_digest,
+)
 from splicer.training.distributed import Distributed
 from splicer.training.engine import LossFn, Runtime, Stage, fit, seed_everything
 from splicer.training.methods import METHODS, DistillMethod, create_method
@@ -80,8 +87,9 @@ def distill(
         student.check_preactivations("student", method)
     loss_method.prepare(teacher_net)
     run = open_run(spec.name, f"distill-{method}-{kind}", out, resume)
+    digest = weights_digest(teacher_state(checkpoint))
     if resume:
-        _check_resumed_teacher(run, teacher_path)
+        _check_resumed_teacher(run, teacher_path, digest)
     for network in (student, teacher_net, loss_method):
         runtime.place(network)
     own_loss = loss_method.objective(student, teacher_net)
@@ -94,7 +102,7 @@ def distill(
         kl_term="kd",
         extra={"method": loss_method},
         frozen=[teacher_net],
-        meta={"method": method, "teacher": str(teacher_path), "teacher_kind": kind},
+        meta={"method": method, "teacher": str(teacher_path), "teacher_digest": digest, "teacher_kind": kind},
         epoch_hooks=[loss_method.set_epoch],
     )
     data = build_data(
@@ -154,7 +162,16 @@ def _check_same_teacher(spec: Spec, checkpoint: dict[str, Any], path: Path) -> N
         )
 
 
-def _check_resumed_teacher(run: RunDir, teacher_path: Path) -> None:
-    previous = Path(load_checkpoint(run.checkpoints()[-1])["meta"]["teacher"])
-    if previous.resolve() != teacher_path.resolve():
+def _check_resumed_teacher(run: RunDir, teacher_path: Path, digest: str) -> None:
+    """A resumed run must keep its teacher's weights; they are compared by digest, so the teacher may have
+    moved with its experiment (runs written before the digest existed are compared by path)."""
+    meta = load_checkpoint(run.checkpoints()[-1])["meta"]
+    previous = Path(meta["teacher"])
+    if "teacher_digest" in meta:
+        if meta["teacher_digest"] != digest:
+            raise SplicerError(
+                f"--resume: {run.path} was distilled from other teacher weights (then at {previous}) than those in "
+                f"{teacher_path}; pass the teacher it started with"
+            )
+    elif previous.resolve() != teacher_path.resolve():
         raise SplicerError(f"--resume: {run.path} was distilled from {previous}; pass --teacher {previous}")
