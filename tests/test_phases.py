@@ -194,9 +194,12 @@ def test_a_run_with_only_a_phase_checkpoint_is_resumed_not_overwritten(
     state["model"][first] = state["model"][first] + 1e-3
     torch.save(state, other_teacher / "last.pt")
 
+    started_spec = tmp_path / "started.yaml"  # the spec the run started with: --resume refuses another
+    started_spec.write_text(yaml.safe_dump(resume_spec.model_dump(mode="json"), sort_keys=False))
+
     def resume_from(teacher_folder: Path):
         arguments = ["--teacher", str(teacher_folder), "--method", "sskd", "--out", str(out), "--resume", "-q"]
-        return runner.invoke(app, ["distill", str(spec_file), *arguments])
+        return runner.invoke(app, ["distill", str(started_spec), *arguments])
 
     wrong = resume_from(other_teacher)
     assert wrong.exit_code == 2 and "was distilled from other teacher weights" in wrong.output

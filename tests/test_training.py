@@ -20,6 +20,7 @@ from splicer.cli.main import app
 from splicer.errors import SplicerError
 from splicer.spec import spec_from_dict
 from splicer.training import stage1
+from splicer.training.checkpoint import load_checkpoint, teacher_state, weights_digest
 from splicer.training.evaluate import LinearCKA
 from splicer.training.overrides import apply_overrides
 from splicer.training.stage1 import train_teacher
@@ -82,9 +83,11 @@ def test_students_distil_from_each_teacher(experiment: Path, method: str, teache
     assert set(history[0]["terms"]) == ({"ce", "kd"} if method == "kd" else {"ce", "kd", "feature"})
     assert history[-1]["train_acc"] > 2 * CHANCE
     assert summary(run)["best"]["top1"] > 2.5 * CHANCE
+    teacher_file = experiment / "seed0" / teacher / "last.pt"
     assert summary(run)["meta"] == {
         "method": method,
-        "teacher": str(experiment / "seed0" / teacher / "last.pt"),
+        "teacher": str(teacher_file),
+        "teacher_digest": weights_digest(teacher_state(load_checkpoint(teacher_file))),
         "teacher_kind": teacher,
     }
 

@@ -29,6 +29,7 @@ from splicer.training.distributed import Distributed
 from splicer.training.evaluate import accuracy
 from splicer.training.logging import EpochProgress, RunLogger, read_metrics
 from splicer.training.runs import RunDir
+from splicer.training.spec_changes import changed_settings
 
 SYNC_EVERY = 10
 """Steps between host-device synchronisations (progress numbers, divergence check)."""
@@ -212,6 +213,12 @@ def fit(
             raise SplicerError(
                 f"--resume: {run.last} is a {_describe(state['kind'], state.get('meta', {}))} run, "
                 f"not a {_describe(stage.kind, stage.meta)} run"
+            )
+        changes = changed_settings(state["spec"], spec_dict, stage.kind, stage.meta.get("method"))
+        if changes:
+            raise SplicerError(
+                f"--resume: {run.path} started with other settings than this spec gives: {'; '.join(changes)}. "
+                f"Resume with the spec it started with ({run.spec}), or train in a new folder"
             )
         _restore(stage, optimizer, scheduler, state)
         set_rng_state(state["rng"], runtime.device)
