@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from splicer.training import plots
+from splicer.errors import SplicerError
+from splicer.training import plots, stage2
 from tests.conftest import toy_spec
 from tests.test_proof_benchmark import benchmark_module
 
@@ -23,6 +24,14 @@ def test_steps_are_measured_per_round_against_kds_in_the_same_round(tmp_path: Pa
     spec.write_text(yaml.safe_dump(settings, sort_keys=False))
     monkeypatch.setattr(plots, "plot_curves", lambda *args, **kwargs: None)  # each run's PNG: not the point here
     monkeypatch.setattr(sys, "argv", ["benchmarks/method_steps.py"])
+    real_distill = stage2.distill
+
+    def sskd_fails_in_round0(spec, teacher, method, out, **kwargs):
+        if method == "sskd" and "round0" in str(out):
+            raise SplicerError("the head phase diverged")
+        return real_distill(spec, teacher, method, out=out, **kwargs)
+
+    monkeypatch.setattr(stage2, "distill", sskd_fails_in_round0)
     benchmark = benchmark_module("method_steps")
     runs = tmp_path / "runs"
     argv = ["--spec", str(spec), "--methods", "crd,kd,sskd", "--steps", "3", "--rounds", "2", "--runs", str(runs),
@@ -32,8 +41,13 @@ def test_steps_are_measured_per_round_against_kds_in_the_same_round(tmp_path: Pa
     stored = json.loads((tmp_path / "results" / "steps_toy.json").read_text())
     assert stored["command"].startswith("python benchmarks/method_steps.py --spec ")
     assert list(stored["methods"]) == ["crd", "kd", "sskd"] and stored["rounds"] == 2
+    sskd = stored["methods"]["sskd"]["standard"]
+    assert sskd["step_seconds_per_round"][0] is None and sskd["error"] == "the head phase diverged"
+    assert sskd["relative_to_kd"] == sskd["relative_to_kd_per_round"][1] > 0  # the round that finished
     for method, by_kind in stored["methods"].items():
         for kind, entry in by_kind.items():
+            if method == "sskd":
+                continue
             seconds, ratios = entry["step_seconds_per_round"], entry["relative_to_kd_per_round"]
             assert len(seconds) == 2 and all(s > 0 for s in seconds)
             kd = stored["methods"]["kd"][kind]["step_seconds_per_round"]
@@ -50,3 +64,4 @@ def test_steps_are_measured_per_round_against_kds_in_the_same_round(tmp_path: Pa
     assert crd > 3 * 16 and crd - -(-crd // 10) >= 40  # all 40 negatives fit outside the largest class
     table = (tmp_path / "results" / "steps_toy.md").read_text()
     assert "| CRD |" in table and "x (" in table
+    assert "- SSKD from the standard teacher: the head phase diverged" in table
