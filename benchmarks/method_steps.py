@@ -59,8 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def timing_spec(path: Path, steps: int, images: int | None = None):
-    """The spec's networks and batch on synthetic images: one epoch of ``steps`` steps (or ``images``)."""
+def timing_spec(path: Path, steps: int):
+    """The spec's networks and batch on synthetic images: one epoch of ``steps`` steps."""
     from splicer.spec import load_spec
     from splicer.training.overrides import apply_overrides
 
@@ -70,7 +70,7 @@ def timing_spec(path: Path, steps: int, images: int | None = None):
         spec,
         assignments=[
             "data.dataset=synthetic",
-            f"data.synthetic_train={images or steps * batch}",
+            f"data.synthetic_train={steps * batch}",
             f"data.synthetic_test={batch}",
             "train.epochs=1",
             "train.milestones=[]",
@@ -80,26 +80,26 @@ def timing_spec(path: Path, steps: int, images: int | None = None):
     )
 
 
-def crd_images(spec) -> int | None:
-    """Synthetic training images (classes in equal shares) that leave CRD all its configured negatives
-    outside any one class, so that it does not lower their count."""
+def crd_timing_spec(spec):
+    """``spec`` with enough synthetic training images (classes in equal shares) to leave CRD all its
+    configured negatives outside any one class, so that it does not lower their count."""
     from splicer.training.methods.base import method_options
+    from splicer.training.overrides import apply_overrides
 
     negatives = method_options("crd", spec.distill).negatives
-    return -(-negatives * spec.num_classes // (spec.num_classes - 1)) + spec.num_classes
+    images = -(-negatives * spec.num_classes // (spec.num_classes - 1)) + spec.num_classes
+    return apply_overrides(spec, assignments=[f"data.synthetic_train={max(images, spec.data.synthetic_train)}"])
 
 
-def measure(args: argparse.Namespace, methods: list[str], folder: Path) -> dict[str, Any]:
+def measure(args: argparse.Namespace, spec, methods: list[str], folder: Path) -> dict[str, Any]:
     """Mean step seconds of every (method, teacher) in every round (None where the run failed), each
     round's ratio to KD's, and the failures' messages."""
     from splicer.errors import SplicerError
     from splicer.training.stage1 import train_teacher
     from splicer.training.stage2 import distill
 
-    spec_path, steps, rounds = args.spec, args.steps, args.rounds
-
-    spec = timing_spec(spec_path, steps)
-    crd_spec = timing_spec(spec_path, steps, max(steps * spec.train.batch_size, crd_images(spec)))
+    rounds = args.rounds
+    crd_spec = crd_timing_spec(spec)
     shutil.rmtree(folder, ignore_errors=True)
     teachers = {kind: (args.teachers or folder) / kind for kind in TEACHERS}
     if args.teachers is None:
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     methods = expand_methods([m.strip() for m in args.methods.split(",") if m.strip()])
     try:
         spec = timing_spec(args.spec, args.steps)
-        rows = summarise(measure(args, methods, args.runs / spec.name / "method_steps"))
+        rows = summarise(measure(args, spec, methods, args.runs / spec.name / "method_steps"))
     except SplicerError as exc:
         sys.exit(f"method_steps.py: {exc}")
     made = {**provenance(argv, torch.get_num_threads()), "load average at start (1/5/15 min)": load_at_start}

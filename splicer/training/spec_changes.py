@@ -51,7 +51,7 @@ def changed_settings(started: dict[str, Any], now: dict[str, Any], kind: str, me
     A distillation depends on its own method's ``distill.options`` only. Settings added to splicer
     after the run started take their defaults, the behaviour the run had.
     """
-    sections = COMMON + TRAINED.get(kind, TRAINED["distill"])
+    sections = COMMON + TRAINED[kind]
     before, after = (_flatten(_relevant(spec, sections, method)) for spec in (_with_defaults(started), now))
     changes = []
     for key in sorted(before.keys() | after.keys()):

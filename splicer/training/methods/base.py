@@ -160,6 +160,7 @@ class DistillMethod(nn.Module):
         self.spec = spec
         self.options: Any = options if options is not None else self.Options()
         self.epoch = 0
+        self.dist = Distributed.from_env()  # the processes a batch is split over (torchrun), read once
         self.build(teacher_shapes, student_shapes)
 
     def build(self, teacher_shapes: list[Shape], student_shapes: list[Shape]) -> None:
@@ -235,12 +236,13 @@ class FeatureMethod(DistillMethod):
         raise NotImplementedError
 
 
-def batch_relation_inputs(features: list[Tensor]) -> tuple[AbstractContextManager[Any], list[Tensor]]:
+def batch_relation_inputs(
+    dist: Distributed, features: list[Tensor]
+) -> tuple[AbstractContextManager[Any], list[Tensor]]:
     """Autocast off and the features in float32 over the global batch, for losses built on batch
     relations (Gram matrices, similarity distributions): bf16's 8-bit mantissa would blur them, and
     under torchrun they relate every pair of images one process would (see ``Distributed.gather_batch``)."""
     device = features[0].device.type if features else "cpu"
-    dist = Distributed.from_env()
     return torch.autocast(device, enabled=False), [dist.gather_batch(f.float()) for f in features]
 
 

@@ -29,7 +29,6 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from splicer.errors import SplicerError
-from splicer.training.distributed import Distributed
 from splicer.training.methods.base import FeatureMethod, MethodOptions, Shape, kd_loss, register_method
 
 if TYPE_CHECKING:
@@ -126,7 +125,6 @@ class CRD(FeatureMethod):
         self.normalizers: list[float] | None = None  # Z of (student anchor, teacher anchor), set by the first batch
         self.negatives = self.options.negatives
         self._generator: torch.Generator | None = None
-        self._dist = Distributed.from_env()
 
     def bind_data(self, data: DataBundle) -> None:
         """Create the memory banks (one row per training image) and the per-class index for sampling."""
@@ -179,8 +177,8 @@ class CRD(FeatureMethod):
         with torch.autocast(student_feature.device.type, enabled=False):
             student = self.embed_student(pooled(student_feature).float())
             teacher = self.embed_teacher(pooled(teacher_feature).float())
-            global_indices = self._dist.gather_batch(indices)
-            own_negatives = self.sample_negatives(global_indices)[self._dist.own_rows(len(indices))]
+            global_indices = self.dist.gather_batch(indices)
+            own_negatives = self.sample_negatives(global_indices)[self.dist.own_rows(len(indices))]
             contrast = torch.cat([indices[:, None], own_negatives], dim=1)
             temperature = self.options.temperature
             # Scores against the whole bank, then gathered: B x N instead of B x (K+1) x dim for the samples.
@@ -191,14 +189,14 @@ class CRD(FeatureMethod):
                 # The authors' Z: the first (global) batch's mean score times the training set size, then fixed.
                 scores = student_anchor.detach()
                 sums = torch.stack([scores.sum(), teacher_anchor.detach().sum(), scores.new_tensor(scores.numel())])
-                sums = self._dist.sum(sums)
+                sums = self.dist.sum(sums)
                 self.normalizers = [(sums[0] / sums[2]).item() * count, (sums[1] / sums[2]).item() * count]
             noise = 1.0 / count
             loss = nce_loss(student_anchor / self.normalizers[0], noise) + nce_loss(
                 teacher_anchor / self.normalizers[1], noise
             )
             if self.training:
-                rows = self._dist.gather_batch(torch.cat([student.detach(), teacher.detach()], dim=1))
+                rows = self.dist.gather_batch(torch.cat([student.detach(), teacher.detach()], dim=1))
                 self.update_memory(global_indices, *rows.split(student.shape[1], dim=1))
         return loss
 

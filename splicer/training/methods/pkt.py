@@ -33,7 +33,8 @@ class PKT(FeatureMethod):
     default_feature_weight: ClassVar[float] = 30000.0
 
     def feature_loss(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> Tensor:
-        full_precision, (student, teacher) = batch_relation_inputs([student_features[-1], teacher_features[-1]])
+        last = [student_features[-1], teacher_features[-1]]
+        full_precision, (student, teacher) = batch_relation_inputs(self.dist, last)
         with full_precision:
             student, teacher = similarity_distribution(pooled(student)), similarity_distribution(pooled(teacher))
             return torch.mean(teacher * torch.log((teacher + EPS) / (student + EPS)))

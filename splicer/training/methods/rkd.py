@@ -58,10 +58,10 @@ class RKD(FeatureMethod):
         distance, angle = self.relation_losses(student_features, teacher_features)
         return self.options.distance_weight * distance + self.options.angle_weight * angle
 
-    @staticmethod
-    def relation_losses(student_features: list[Tensor], teacher_features: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def relation_losses(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The unweighted distance and angle losses."""
-        full_precision, (student, teacher) = batch_relation_inputs([student_features[-1], teacher_features[-1]])
+        last = [student_features[-1], teacher_features[-1]]
+        full_precision, (student, teacher) = batch_relation_inputs(self.dist, last)
         with full_precision:
             student, teacher = pooled(student), pooled(teacher)
             distance = F.smooth_l1_loss(normalised_distances(student), normalised_distances(teacher))

@@ -28,7 +28,8 @@ class SP(FeatureMethod):
     default_feature_weight: ClassVar[float] = 3000.0
 
     def feature_loss(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> Tensor:
-        full_precision, (student, teacher) = batch_relation_inputs([student_features[-1], teacher_features[-1]])
+        last = [student_features[-1], teacher_features[-1]]
+        full_precision, (student, teacher) = batch_relation_inputs(self.dist, last)
         with full_precision:
             diff = similarity_matrix(teacher) - similarity_matrix(student)
             return diff.pow(2).sum() / len(student) ** 2

@@ -31,7 +31,6 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from splicer.errors import SplicerError
-from splicer.training.distributed import Distributed
 from splicer.training.methods.base import (
     DistillMethod,
     MethodOptions,
@@ -136,7 +135,6 @@ class SSKD(DistillMethod):
         self.teacher_head = ProjectionHead(teacher_shapes[-1][0])
         self.teacher_head.requires_grad_(False)  # trained only in its phase
         self.student_head = ProjectionHead(student_shapes[-1][0])
-        self._dist = Distributed.from_env()
 
     def forward(
         self,
@@ -148,7 +146,7 @@ class SSKD(DistillMethod):
     ) -> dict[str, Tensor]:
         """The weighted terms from the outputs on a :func:`rotated` batch (4B rows) and the B labels,
         over the global batch under torchrun."""
-        gather = self._dist.gather_batch
+        gather = self.dist.gather_batch
         return self.terms(
             gather(student_logits, ROTATIONS),
             gather(teacher_logits, ROTATIONS),
@@ -197,7 +195,7 @@ class SSKD(DistillMethod):
         def head_loss(images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], None]:
             with torch.no_grad():
                 features, _ = teacher.forward_features(rotated(images))
-            representations = self._dist.gather_batch(self.teacher_head(features[-1]), ROTATIONS)
+            representations = self.dist.gather_batch(self.teacher_head(features[-1]), ROTATIONS)
             batch = len(representations) // ROTATIONS
             scores = similarity(representations, batch)
             loss = F.cross_entropy(scores, source_of_copies(batch, images.device))
