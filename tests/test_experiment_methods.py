@@ -170,7 +170,7 @@ def test_similarity_is_stored_and_measured_again_only_for_a_changed_checkpoint(t
     from splicer.training import experiment
 
     spec = spec_from_dict(tiny_spec())
-    first = run_experiment(spec, ["kd"], [0], out=tmp_path, resume=True, quiet=True)
+    first = run_experiment(spec, ["kd"], [0], out=tmp_path, resume=False, quiet=True)
     measured: list[str] = []
     real = experiment.similarity
     monkeypatch.setattr(experiment, "similarity", lambda *args: measured.append("x") or real(*args))

@@ -26,7 +26,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def user_errors(command: F) -> F:
-    """Turn a SplicerError into a message on stderr and exit status 2."""
+    """Turn a SplicerError into a message on stderr and exit status 2 (under torchrun, printed by rank 0 only)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -35,7 +35,10 @@ def user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except SplicerError as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            from splicer.training.distributed import Distributed
+
+            if Distributed.prints(exc):  # under torchrun: once, by rank 0
+                typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -51,14 +54,18 @@ SpecArg = Annotated[Path, typer.Argument(help="Spec file (YAML).", show_default=
 def build(
     spec: SpecArg,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: build/<name>).")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite another spec's build (or files of the same names) in --out.")
+    ] = False,
 ) -> None:
     """Compile SPEC into an SFTN and write sftn.py, train_sftn.py, report.md, branch graphs and the resolved spec."""
     from splicer.assembly.build import compile_spec
-    from splicer.emission.artifacts import emit_artifacts
+    from splicer.emission.artifacts import check_build_folder, emit_artifacts
     from splicer.emission.report import summary_lines
 
     result = compile_spec(spec)
     out_dir = out if out is not None else Path("build") / result.spec.name
+    check_build_folder(out_dir, result.spec.name, force)
     written = emit_artifacts(result, out_dir)
     typer.echo("\n".join(summary_lines(result)))
     typer.echo(f"wrote {', '.join(str(p) for p in written.values())}")

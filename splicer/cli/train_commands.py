@@ -59,11 +59,13 @@ def _is_main() -> bool:
     return Distributed.from_env().is_main
 
 
-def _launch(nproc: int | None, command: str) -> None:
+def _launch(nproc: int | None, command: str, spec: Spec) -> None:
+    """With ``--nproc``, hand over to torchrun; called once the whole plan has been checked, so that a
+    mistake is reported once, before any process starts."""
     if nproc is not None:
         from splicer.cli.launch import hand_over
 
-        hand_over(nproc, command)
+        hand_over(nproc, command, spec.train.batch_size, spec.train.device)
 
 
 def _report(summary: dict[str, Any]) -> None:
@@ -103,16 +105,18 @@ def train(
     ] = 0,
 ) -> None:
     """Stage 1: train SPEC's SFTN teacher (with --standard, the same teacher alone)."""
-    _launch(nproc, "train")
     from splicer.errors import SplicerError
+    from splicer.training.runs import open_run
     from splicer.training.stage1 import train_teacher
 
     resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed)
+    if anchors and (not standard or out is None):
+        raise SplicerError("--anchors: anchors are saved by a standard teacher run; pass --standard and --out RUN")
+    open_run(resolved.name, "standard" if standard else "sftn", out, resume)  # checks the folder, writes nothing
+    _launch(nproc, "train", resolved)
     if anchors:
         from splicer.training.anchors import train_anchored_teacher
 
-        if not standard or out is None:
-            raise SplicerError("--anchors: anchors are saved by a standard teacher run; pass --standard and --out RUN")
         _report(train_anchored_teacher(resolved, out, anchors, resume=resume, quiet=quiet))
         return
     _report(train_teacher(resolved, standard=standard, out=out, resume=resume, quiet=quiet))
@@ -144,10 +148,12 @@ def distill(
     nproc: NprocOpt = None,
 ) -> None:
     """Stage 2: distil a fresh student of SPEC from a trained teacher (SFTN or standard)."""
-    _launch(nproc, "distill")
+    from splicer.training.stage2 import check_distill
     from splicer.training.stage2 import distill as distill_student
 
     resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed)
+    check_distill(resolved, teacher, method, out, resume)
+    _launch(nproc, "distill", resolved)
     _report(distill_student(resolved, teacher, method, out=out, resume=resume, quiet=quiet))
 
 
@@ -255,8 +261,8 @@ def run(
     ] = "auto",
 ) -> None:
     """Train standard and SFTN teachers, the student alone and distilled from each; report them side by side."""
-    _launch(nproc, "run")
     from splicer.errors import SplicerError
+    from splicer.training.experiment import check_methods, experiment_folder
     from splicer.training.online import BASELINES
 
     resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device)
@@ -271,22 +277,34 @@ def run(
         seed_list = [int(s) for s in _split(seeds)] if seeds is not None else [resolved.train.seed]
     except ValueError:
         raise SplicerError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not seed_list:
+        raise SplicerError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2")
     probe_data = None
     if probe is not None:
-        from splicer.training.probe import load_probe_data
+        from splicer.training.probe import check_probe_input, load_probe_data
 
         probe_data = load_probe_data(probe)
+        check_probe_input(probe_data, resolved.input_size, f"the networks of spec {resolved.name!r}")
+    if probe_device not in ("auto", "cpu", "cuda"):
+        raise SplicerError(f"--probe-device {probe_device!r}: use auto, cpu or cuda")
     if sweep:
-        from splicer.training.sweep import parse_sweeps, render_markdown, run_sweep
+        from splicer.training.sweep import check_sweep, parse_sweeps, render_markdown, run_sweep
 
         if baselines or probe_data is not None:
             raise SplicerError("--sweep compares SFTN settings; run baselines (dml, kdcl, rco) and --probe without it")
-        report = run_sweep(resolved, parse_sweeps(sweep), method_list, seed_list, out=out, quiet=quiet)
+        sweeps = parse_sweeps(sweep)
+        check_sweep(resolved, sweeps, method_list, seed_list, out)
+        _launch(nproc, "run", resolved)
+        report = run_sweep(resolved, sweeps, method_list, seed_list, out=out, quiet=quiet)
         if not _is_main():
             return
         typer.echo(render_markdown(report))
         typer.echo(f"wrote {report['folder']}/report.md and report.json")
         return
+    check_methods(resolved, method_list)
+    if out is not None or resume:
+        out = experiment_folder(resolved.name, out, resume)  # checks the folder, writes nothing
+    _launch(nproc, "run", resolved)
     from splicer.training.experiment import render_markdown, run_experiment
 
     rco_anchors = anchors if "rco" in baselines else 0

@@ -49,15 +49,18 @@ def copy_atomic(source: Path, target: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by splicer, loaded on the CPU without unpickling arbitrary objects."""
+    """A checkpoint written by splicer, loaded on the CPU without unpickling arbitrary objects; refused
+    when it holds something else or weights that are not finite (see :mod:`checkpoint_checks`)."""
+    from splicer.training.checkpoint_checks import check_finite, check_is_run_checkpoint
+
     if not path.is_file():
         raise SplicerError(f"{path}: no such checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: torch raises many different types
         raise SplicerError(f"{path}: not a readable splicer checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or "kind" not in state or "model" not in state:
-        raise SplicerError(f"{path}: not a splicer training checkpoint (no 'kind' and 'model' entries)")
+    check_is_run_checkpoint(state, path)
+    check_finite(state, path)
     return state
 
 
@@ -124,6 +127,7 @@ def network_from_checkpoint(checkpoint: dict[str, Any], path: Path, spec: Spec |
     """
     from splicer.assembly.build import build, build_student
     from splicer.spec import spec_from_dict
+    from splicer.training.checkpoint_checks import check_fits
 
     if spec is None:
         spec = spec_from_dict(checkpoint["spec"], source=f"{path} (spec)")
@@ -138,12 +142,6 @@ def network_from_checkpoint(checkpoint: dict[str, Any], path: Path, spec: Spec |
             network, state = build(spec).teacher, teacher_state(checkpoint)
         else:
             network, state = build_student(spec), checkpoint["model"]
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as exc:
-        role = "teacher" if kind in TEACHER_KINDS else "student"
-        raise SplicerError(
-            f"{path}: this {kind} checkpoint does not fit the {role} {getattr(spec, role).model} of spec "
-            f"{spec.name!r}; was it trained from another spec? ({exc})"
-        ) from None
+    check_fits(network, state, checkpoint, path, "teacher" if kind in TEACHER_KINDS else "student", spec)
+    network.load_state_dict(state)
     return network

@@ -32,7 +32,7 @@ from splicer.training.evaluate import similarity
 from splicer.training.logging import read_metrics
 from splicer.training.methods import METHODS
 from splicer.training.methods.base import method_options
-from splicer.training.runs import RUNS_ROOT, RunDir, fresh_folder
+from splicer.training.runs import RUNS_ROOT, RunDir, folder_contents, fresh_folder
 from splicer.training.stage1 import train_teacher
 from splicer.training.stage2 import distill, train_student
 
@@ -55,6 +55,22 @@ def expand_methods(methods: list[str]) -> list[str]:
     return list(dict.fromkeys(expanded))
 
 
+def check_methods(spec: Spec, methods: list[str]) -> list[str]:
+    """``methods`` expanded (``all``) and checked, names and ``distill.options``, against ``spec``:
+    a typo fails before any teacher trains, not after."""
+    methods = expand_methods(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SplicerError(
+            f"unknown distillation method(s) {', '.join(unknown)}; valid: all, {', '.join(sorted(METHODS))}"
+        )
+    if not methods:
+        raise SplicerError("splicer run needs at least one method and one seed")
+    for method in methods:
+        method_options(method, spec.distill)
+    return methods
+
+
 def run_experiment(
     spec: Spec,
     methods: list[str],
@@ -68,19 +84,12 @@ def run_experiment(
 
     With ``anchors``, the standard teacher also saves that many anchor checkpoints (for RCO).
     """
-    methods = expand_methods(methods)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise SplicerError(
-            f"unknown distillation method(s) {', '.join(unknown)}; valid: all, {', '.join(sorted(METHODS))}"
-        )
-    if not methods or not seeds:
+    methods = check_methods(spec, methods)
+    if not seeds:
         raise SplicerError("splicer run needs at least one method and one seed")
-    for method in methods:  # a typo in distill.options fails now, not after the teachers have trained
-        method_options(method, spec.distill)
     dist = Distributed.from_env()
     runtime = Runtime.for_spec(spec, dist)
-    root = dist.from_main(_experiment_folder(spec.name, out, resume))
+    root = dist.from_main(experiment_folder(spec.name, out, resume))
     if dist.is_main:
         root.mkdir(parents=True, exist_ok=True)
     # The eval split does not depend on the seed: one stream scores every pair.
@@ -105,9 +114,24 @@ def run_experiment(
     return report
 
 
-def _experiment_folder(name: str, out: Path | None, resume: bool) -> Path:
+def experiment_folder(name: str, out: Path | None, resume: bool) -> Path:
+    """The experiment folder to write: ``out``, the latest experiment when resuming, or a new one.
+
+    Refuses a folder that holds anything but an experiment, a non-empty one without ``--resume``
+    and, with ``--resume``, a folder that holds no experiment to continue."""
     if out is not None:
         root = Path(out)
+        found = folder_contents(root)
+        if resume and found is None:
+            raise SplicerError(
+                f"--resume: {root} holds no experiment to resume ({'it is empty' if root.is_dir() else 'no such folder'}); "
+                "drop --resume to start a new one there"
+            )
+        if found is not None and found[0] != "experiment":
+            raise SplicerError(
+                f"--out {root}: this folder holds {found[1]}, not an experiment of `splicer run`; nothing was written. "
+                "Choose another --out"
+            )
     elif resume:
         found = sorted((RUNS_ROOT / name).glob("experiment-*"), key=lambda p: p.stat().st_mtime)
         if not found:
@@ -116,7 +140,9 @@ def _experiment_folder(name: str, out: Path | None, resume: bool) -> Path:
     else:
         root = fresh_folder(RUNS_ROOT / name, "experiment")
     if not resume and root.exists() and any(root.iterdir()):
-        raise SplicerError(f"{root} is not empty; pass --resume to continue that experiment, or choose another --out")
+        raise SplicerError(
+            f"{root} already holds an experiment; pass --resume to continue it, or choose another --out"
+        )
     return root
 
 

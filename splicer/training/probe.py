@@ -68,6 +68,16 @@ def load_probe_data(path: str | Path) -> ProbeData:
         raise SplicerError("\n".join(dict.fromkeys(problems))) from None
 
 
+def check_probe_input(probe: ProbeData, input_size: tuple[int, ...], network: str) -> None:
+    """The probe images must have as many channels as ``network`` takes (its spec's ``input_size``)."""
+    if probe.input_size is not None and probe.input_size[0] != input_size[0]:
+        raise SplicerError(
+            f"probe data input_size {list(probe.input_size)}: {probe.input_size[0]} channel(s), but {network} expects "
+            f"{input_size[0]} (input_size {list(input_size)}); give the probe data {input_size[0]} channels, "
+            "or leave its input_size out to use the network's"
+        )
+
+
 @torch.no_grad()
 def pooled_features(network: Any, batches: Any, runtime: Any) -> tuple[Tensor, Tensor]:
     """The last block's output, global-average pooled, for every image of ``batches``; and the labels."""
@@ -110,6 +120,7 @@ def linear_probe(run: str | Path, probe: ProbeData, device: str = "auto") -> dic
     path = resolve_checkpoint(run, "last")
     checkpoint = load_checkpoint(path)
     spec = spec_from_dict(checkpoint["spec"], source=f"{path} (spec)")
+    check_probe_input(probe, spec.input_size, f"the network of {path}")
     runtime = Runtime.create(device, Distributed.from_env())
     network = runtime.place(network_from_checkpoint(checkpoint, path, spec))
     network.requires_grad_(False)
