@@ -92,6 +92,7 @@ CASES = [
     ("train-into-sweep", ["train", "spec.yaml", "--standard", "--out", "sweep"], ["sweep"]),
     ("train-into-other-files", ["train", "spec.yaml", "--out", "notes"], ["other files", "report.md"]),
     ("train-resume-nan", ["train", "spec.yaml", "--resume", "--out", "nan-run"], ["nan-run", "NaN or inf"]),
+    ("train-negative-anchors", ["train", "spec.yaml", "--standard", "--anchors", "-1", "--out", "anchored"], ["--anchors -1"]),
     # train: --nproc
     ("train-nproc-zero", ["train", "spec.yaml", "--nproc", "0"], ["--nproc 0", "use 1 to"]),
     ("train-nproc-huge", ["train", "spec.yaml", "--nproc", "100000"], ["--nproc 100000", "CPU core"]),
@@ -127,6 +128,7 @@ CASES = [
     ("run-method-typo", ["run", "spec.yaml", "--methods", "kd,atx"], ["atx"]),
     ("run-probe-missing", ["run", "spec.yaml", "--probe", "nothere.yaml"], ["nothere.yaml"]),
     ("run-probe-channels", ["run", "spec.yaml", "--probe", "probe1ch.yaml"], ["1 channel", "expects 3"]),
+    ("run-rco-without-anchors", ["run", "spec.yaml", "--methods", "kd,rco", "--anchors", "0"], ["--anchors 0", "rco"]),
     ("run-seeds", ["run", "spec.yaml", "--seeds", "one,two"], ["--seeds"]),
     ("run-nproc-batch", ["run", "spec.yaml", "--batch-size", "15", "--nproc", "2"], ["--nproc 2", "15"]),
     # probe

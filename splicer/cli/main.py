@@ -26,7 +26,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def user_errors(command: F) -> F:
-    """Turn a SplicerError into a message on stderr and exit status 2 (under torchrun, printed by rank 0 only)."""
+    """Turn a SplicerError into a message on stderr and exit status 2 (under torchrun, printed once per machine)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -37,7 +37,7 @@ def user_errors(command: F) -> F:
         except SplicerError as exc:
             from splicer.training.distributed import Distributed
 
-            if Distributed.prints(exc):  # under torchrun: once, by rank 0
+            if Distributed.prints(exc):  # under torchrun: once per machine, not once per process
                 typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
 

@@ -110,6 +110,8 @@ def train(
     from splicer.training.stage1 import train_teacher
 
     resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed)
+    if anchors < 0:
+        raise SplicerError(f"--anchors {anchors}: the number of anchor checkpoints to save, 1 or more (0: none)")
     if anchors and (not standard or out is None):
         raise SplicerError("--anchors: anchors are saved by a standard teacher run; pass --standard and --out RUN")
     open_run(resolved.name, "standard" if standard else "sftn", out, resume)  # checks the folder, writes nothing
@@ -302,6 +304,8 @@ def run(
         typer.echo(f"wrote {report['folder']}/report.md and report.json")
         return
     check_methods(resolved, method_list)
+    if "rco" in baselines and anchors < 1:
+        raise SplicerError(f"--anchors {anchors}: rco follows the standard teacher's anchor checkpoints; use 1 or more")
     if out is not None or resume:
         out = experiment_folder(resolved.name, out, resume)  # checks the folder, writes nothing
     _launch(nproc, "run", resolved)

@@ -60,12 +60,14 @@ class Distributed:
 
     @classmethod
     def prints(cls, error: SplicerError) -> bool:
-        """Whether this process prints a user error: under torchrun every rank checks the same plan and
-        meets the same mistake, so rank 0 alone says it; a :class:`RankError` is said by each rank that meets it."""
+        """Whether this process prints a user error. Under torchrun every rank checks the same plan and
+        meets the same mistake, so the first process of each machine (local rank 0) alone says it: once
+        on one machine, and still once per machine for what differs between machines (a missing data
+        folder). A :class:`RankError` is said by each process that meets it."""
         if isinstance(error, RankError):
             return True
         try:
-            return cls.from_env().is_main
+            return cls.from_env().local_rank == 0
         except SplicerError:
             return True
 
