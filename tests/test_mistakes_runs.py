@@ -103,6 +103,7 @@ CASES = [
     ("distill-nan-teacher", ["distill", "spec.yaml", "--teacher", "nan.pt", "--method", "kd"], ["nan.pt", "NaN or inf"]),
     ("distill-other-classes", ["distill", "spec.yaml", "--teacher", "teacher20", "--method", "kd"], ["20 classes"]),
     ("distill-student-as-teacher", ["distill", "spec.yaml", "--teacher", STUDENT, "--method", "kd"], ["not a teacher"]),
+    ("distill-experiment-as-teacher", ["distill", "spec.yaml", "--teacher", E, "--method", "kd"], ["no last.pt", "experiment/seed0/"]),
     ("distill-missing-teacher", ["distill", "spec.yaml", "--teacher", "nowhere", "--method", "kd"], ["nowhere"]),
     ("distill-option-typo", ["distill", "spec.yaml", "--teacher", SFTN, "--method", "dkd", "--set", "distill.options.dkd.betta=2"],
      ["distill.options.dkd.betta", "beta"]),
@@ -112,6 +113,7 @@ CASES = [
     ("distill-nproc-zero", ["distill", "spec.yaml", "--teacher", SFTN, "--method", "kd", "--nproc", "0"], ["--nproc 0"]),
     # eval
     ("eval-plain-state-dict", ["eval", "plain.pt"], ["plain.pt", "plain state_dict"]),
+    ("eval-experiment-folder", ["eval", E], ["experiment", "experiment/seed0/"]),
     ("eval-nan", ["eval", "nan.pt"], ["nan.pt", "NaN or inf"]),
     ("eval-teacher-other-classes", ["eval", STUDENT, "--teacher", "teacher20"], ["teacher20", "num_classes 20 (teacher) vs 10 (run)"]),
     # run: the plan

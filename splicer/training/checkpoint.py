@@ -68,13 +68,24 @@ def resolve_checkpoint(run: str | Path, which: str = "last") -> Path:
     """A run folder (its ``<which>.pt``) or a checkpoint file, as users pass them on the command line."""
     path = Path(run)
     if path.is_dir():
-        path = path / f"{which}.pt"
-        if not path.is_file():
-            raise SplicerError(f"{run}: no {which}.pt in this folder; is it a finished or started `splicer train` run?")
-        return path
+        if not (path / f"{which}.pt").is_file():
+            raise SplicerError(f"{run}: no {which}.pt in this folder; {_what_instead(path)}")
+        return path / f"{which}.pt"
     if not path.is_file():
         raise SplicerError(f"{run}: no such run folder or checkpoint file")
     return path
+
+
+def _what_instead(folder: Path) -> str:
+    """What a folder without a checkpoint holds, and which of its runs to pass instead."""
+    from splicer.training.runs import folder_contents
+
+    found = folder_contents(folder)
+    runs = sorted(p.parent for p in folder.glob("**/last.pt"))
+    if found is not None and found[0] in ("experiment", "sweep") and runs:
+        shown = ", ".join(str(run) for run in runs[:2])
+        return f"it holds {found[1]}; pass one of its {len(runs)} runs, e.g. {shown}"
+    return "is it a finished or started `splicer train` run?"
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
