@@ -9,6 +9,7 @@ factory is splicer's own, so that one case runs in a plain process).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -49,7 +50,11 @@ OWN = {
     "num_classes": 10,
     "input_size": [3, 16, 16],
     "teacher": {"model": "cifar:resnet8"},
-    "student": {"model": "python:tests.toy_nets:tiny_resnet", "kwargs": {"width": 4}, "blocks": ["layer1", "layer2", "layer3"]},
+    "student": {
+        "model": "python:tests.toy_nets:tiny_resnet",
+        "kwargs": {"width": 4},
+        "blocks": ["layer1", "layer2", "layer3"],
+    },
     "data": DATA,
     "train": TRAIN,
 }
@@ -155,13 +160,15 @@ def test_sidecars_describe_the_network_its_input_and_its_run(runs: dict[str, Pat
     assert teacher["classes"] == [f"pattern{k}" for k in range(10)]
     assert teacher["accuracy"] == {"eval_split": "test", "final": summary["final"], "best": summary["best"]}
     assert teacher["checkpoint"] == {"which": "best", "epoch": 1, "kind": "sftn", "method": None, "teacher_kind": None}
-    assert teacher["spec"] == checkpoint["spec"] and teacher["spec"]["teacher"]["blocks"] == ["layer1", "layer2", "layer3"]
+    assert teacher["spec"] == checkpoint["spec"]
+    assert teacher["spec"]["teacher"]["blocks"] == ["layer1", "layer2", "layer3"]
     assert teacher["splicer_version"] and teacher["check"]["max_abs_diff"] <= TOLERANCE
     onnx = sidecar(exported["kd.onnx"])
     assert onnx["network"] == "student" and onnx["checkpoint"]["method"] == "kd"
     assert isinstance(onnx["onnx"]["opset"], int) and onnx["onnx"]["external_data"] is None
     assert sidecar(exported["sftn.pt2"])["normalization_built_in"] is True
-    assert sidecar(exported["standard.state_dict"])["model"]["create"].endswith("CIFAR_MODELS['resnet8'](num_classes=10)")
+    cifar = sidecar(exported["standard.state_dict"])["model"]["create"]
+    assert cifar == "from splicer.models.cifar import CIFAR_MODELS; model = CIFAR_MODELS['resnet8'](num_classes=10)"
     assert not list(exported["kd.onnx"].parent.glob(".*partial")), "the scratch folder is removed"
 
 
@@ -175,7 +182,9 @@ def test_a_run_without_summary_takes_the_data_facts_from_the_data_set(runs: dict
     assert written["mean"] == pytest.approx(facts["mean"]) and written["classes"] == facts["classes"]
 
 
-def test_user_errors_are_refused_with_what_to_do(runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_user_errors_are_refused_with_what_to_do(
+    runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     def refused(*args: object) -> str:
         result = runner.invoke(app, ["export", *map(str, args)])
         assert result.exit_code == 2, result.output
@@ -194,6 +203,30 @@ def test_user_errors_are_refused_with_what_to_do(runs: dict[str, Path], tmp_path
     assert "pass --force to overwrite" in refused(student, "--format", "state_dict", "--out", target)
     export(student, "--format", "state_dict", "--out", target, "--force")
     assert "this is a folder" in refused(student, "--format", "state_dict", "--out", tmp_path)
-    real_find_spec = __import__("importlib.util").util.find_spec
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a))
+    find_spec = importlib.util.find_spec
+    without_onnxruntime = lambda name, *rest: None if name == "onnxruntime" else find_spec(name, *rest)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", without_onnxruntime)
     assert "onnxruntime, which is not installed: pip install 'splicer[export]'" in refused(student, "--format", "onnx")
+
+
+def test_the_predictor_example_runs_on_an_exported_program(runs: dict[str, Path], tmp_path: Path):
+    """examples/05_predict_without_splicer.py takes `splicer export --format pt2` (here without --normalize:
+    the example normalises with the sidecar's mean and std) and names splicer's top class with its probability."""
+    from PIL import Image
+
+    program = tmp_path / "student.pt2"
+    export(runs["student"], "--format", "pt2", "--out", program)
+    pixels = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    files = [tmp_path / f"image{k}.png" for k in range(2)]
+    for image, file in zip(pixels, files):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(file)
+    predictor = REPO / "examples" / "05_predict_without_splicer.py"
+    done = run_without_splicer(predictor, str(program), *map(str, files), "--top", "1", cwd=tmp_path)
+    info = sidecar(program)
+    path = runs["student"] / "best.pt"
+    with torch.no_grad():
+        network = network_from_checkpoint(load_checkpoint(path), path).eval()
+        probabilities = network(Normalize(info["mean"], info["std"], torch.device("cpu"))(pixels)).softmax(1)
+    for row in probabilities:
+        top = int(row.argmax())
+        assert f"{info['classes'][top]} {row[top].item():.1%}" in done.stdout, done.stdout

@@ -28,7 +28,9 @@ def export(
     which: Annotated[str, typer.Option("--which", help="Checkpoint: best or last.")] = "best",
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="File to write (default: RUN/export/<which>.<suffix>).", show_default=False),
+        typer.Option(
+            "--out", "-o", help="File to write (default: RUN/export/<which>[-normalized].<suffix>).", show_default=False
+        ),
     ] = None,
     normalize: Annotated[
         bool,
@@ -38,7 +40,7 @@ def export(
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out and its sidecar if they exist.")] = False,
 ) -> None:
-    """Export RUN's network (a student, a standard teacher, or an SFTN's teacher without its branches), with a JSON sidecar."""
+    """Export the network of RUN (a student, a standard teacher, an SFTN's teacher alone) with a JSON sidecar."""
     from splicer.export.exporter import export_run, sidecar_path
 
     def say(message: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from splicer.errors import ModelSourceError, SplicerError
+from splicer.errors import SplicerError
 from splicer.export.formats import Format, Normalized, get_format
 from splicer.export.source import ExportSource, check_run, open_source
 
@@ -65,9 +65,10 @@ def export_run(
     network_spec = source.network_spec
     model = Normalized(source.model, source.mean, source.std).eval() if normalize else source.model
     images = torch.rand(CHECK_IMAGES, *source.spec.input_size, generator=torch.Generator().manual_seed(1))
-    inputs = _normalise(images, source) if not normalize else images
+    normalised = _normalise(images, source)
+    inputs = images if normalize else normalised  # what the exported file takes
     with torch.no_grad():
-        expected = source.network(_normalise(images, source))
+        expected = source.network(normalised)
     say(f"writing {out} ({fmt.name}, {network_spec.model})")
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = out.parent / f".{out.name}.partial"
@@ -139,7 +140,7 @@ def _describe(
     from splicer.data.build import SMALL_SIDE
 
     spec, network = source.spec, source.network_spec
-    channels, height, width = spec.input_size
+    _, height, width = spec.input_size
     large = spec.data.dataset == "imagefolder" and max(height, width) > SMALL_SIDE
     summary = source.summary
     checkpoint = source.checkpoint
@@ -188,12 +189,13 @@ def _constructor(reference: str, num_classes: int, kwargs: dict[str, Any]) -> st
     """Python that creates the original model, into which the state_dict and safetensors files load."""
     from splicer.models.registry import constructor_source
 
-    try:
-        imports, call = constructor_source(reference, num_classes, kwargs)
-    except ModelSourceError:  # splicer's own CIFAR zoo
+    if reference.startswith("cifar:"):  # splicer's own zoo: the one case that imports splicer
         from splicer.models.cifar import CIFAR_MODELS
 
         name = {key.lower(): key for key in CIFAR_MODELS}[reference.partition(":")[2].lower()]
         extra = "".join(f", {key}={value!r}" for key, value in kwargs.items())
-        imports, call = "from splicer.models.cifar import CIFAR_MODELS", f"CIFAR_MODELS[{name!r}](num_classes={num_classes}{extra})"
+        imports = "from splicer.models.cifar import CIFAR_MODELS"
+        call = f"CIFAR_MODELS[{name!r}](num_classes={num_classes}{extra})"
+    else:
+        imports, call = constructor_source(reference, num_classes, kwargs)
     return f"{imports}; model = {call}"

@@ -120,7 +120,8 @@ def write_onnx(model: nn.Module, path: Path, input_size: tuple[int, ...]) -> dic
     """
     import onnx
 
-    external = sum(value.numel() * value.element_size() for value in model.state_dict().values()) > ONNX_SINGLE_FILE_BYTES
+    size = sum(value.numel() * value.element_size() for value in model.state_dict().values())
+    external = size > ONNX_SINGLE_FILE_BYTES
     torch.onnx.export(
         model,
         (_example(input_size),),
