@@ -182,6 +182,17 @@ def test_a_run_without_summary_takes_the_data_facts_from_the_data_set(runs: dict
     assert written["mean"] == pytest.approx(facts["mean"]) and written["classes"] == facts["classes"]
 
 
+def test_the_weights_training_started_from_are_not_needed(runs: dict[str, Path], tmp_path: Path):
+    """A spec's `checkpoint:` (initial weights) that is not where the run trained still exports: trained weights
+    replace it."""
+    copy = shutil.copytree(runs["student"], tmp_path / "moved", ignore=shutil.ignore_patterns("export"))
+    state = torch.load(copy / "best.pt", weights_only=True)
+    state["spec"]["student"]["checkpoint"] = str(tmp_path / "gone.pth")
+    torch.save(state, copy / "best.pt")
+    export(copy, "--format", "state_dict")
+    assert sidecar(copy / "export" / "best.pth")["spec"]["student"]["checkpoint"] == str(tmp_path / "gone.pth")
+
+
 def test_user_errors_are_refused_with_what_to_do(
     runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):

@@ -46,11 +46,11 @@ def open_source(folder: RunDir, which: str) -> ExportSource:
     """Rebuild the network of the ``which`` checkpoint (best or last) of a run folder that :func:`check_run` passed."""
     path = getattr(folder, which)
     checkpoint = load_checkpoint(path)
-    network, model = original_from_checkpoint(checkpoint, path)
+    spec = spec_from_dict(checkpoint["spec"], source=f"{path} (spec)")
+    network, model = original_from_checkpoint(checkpoint, path, _without_initial_weights(spec))
     network.eval()
     model.eval()
     role = "teacher" if checkpoint["kind"] in TEACHER_KINDS else "student"
-    spec = spec_from_dict(checkpoint["spec"], source=f"{path} (spec)")
     summary = json.loads(folder.summary.read_text()) if folder.summary.is_file() else None
     facts = summary.get("data") if summary else None
     if facts is None:  # an unfinished run, or one trained before summaries recorded the data
@@ -99,3 +99,14 @@ def _data_facts_from_data_set(spec: Spec) -> dict[str, Any]:
         build_data(spec.data, spec.input_size, spec.num_classes, 1, torch.device("cpu"), spec.train.seed)
     )
 
+
+
+def _without_initial_weights(spec: Spec) -> Spec:
+    """``spec`` without the networks' ``checkpoint:`` (weights to start training from): the trained weights
+    replace them, so an export needs no such file where it runs."""
+    update = {
+        role: network.model_copy(update={"checkpoint": None})
+        for role in ("teacher", "student", "branch_student")
+        if (network := getattr(spec, role)) is not None
+    }
+    return spec.model_copy(update=update)
