@@ -99,14 +99,14 @@ def exported(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     """The file of each case: run and format (one at the default --out, one of the last checkpoint, one normalised)."""
     out = tmp_path_factory.mktemp("exported")
     export(runs["sftn"], "--format", "state_dict")
-    export(runs["sftn"], "--format", "pt2", "--normalize", "--out", out / "teacher.pt2")
+    export(runs["kd"], "--format", "pt2", "--normalize", "--out", out / "kd.pt2")
     export(runs["kd"], "--format", "safetensors", "--which", "last", "--out", out / "kd.safetensors")
     export(runs["kd"], "--format", "onnx", "--out", out / "kd.onnx")
     export(runs["student"], "--format", "safetensors", "--out", out / "student.safetensors")
     export(runs["standard"], "--format", "state_dict", "--out", out / "standard.pth")
     return {
         "sftn.state_dict": runs["sftn"] / "export" / "best.pth",
-        "sftn.pt2": out / "teacher.pt2",
+        "kd.pt2": out / "kd.pt2",
         "kd.safetensors": out / "kd.safetensors",
         "kd.onnx": out / "kd.onnx",
         "student.safetensors": out / "student.safetensors",
@@ -166,7 +166,7 @@ def test_sidecars_describe_the_network_its_input_and_its_run(runs: dict[str, Pat
     onnx = sidecar(exported["kd.onnx"])
     assert onnx["network"] == "student" and onnx["checkpoint"]["method"] == "kd"
     assert isinstance(onnx["onnx"]["opset"], int) and onnx["onnx"]["external_data"] is None
-    assert sidecar(exported["sftn.pt2"])["normalization_built_in"] is True
+    assert sidecar(exported["kd.pt2"])["normalization_built_in"] is True
     cifar = sidecar(exported["standard.state_dict"])["model"]["create"]
     assert cifar == "from splicer.models.cifar import CIFAR_MODELS; model = CIFAR_MODELS['resnet8'](num_classes=10)"
     assert not list(exported["kd.onnx"].parent.glob(".*partial")), "the scratch folder is removed"
