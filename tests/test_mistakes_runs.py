@@ -137,6 +137,9 @@ CASES = [
     ("probe-channels", ["probe", SFTN, "--data", "probe1ch.yaml", "--device", "cpu"], ["1 channel", "expects 3"]),
     ("probe-plain-state-dict", ["probe", "plain.pt", "--data", "probe.yaml", "--device", "cpu"], ["plain state_dict"]),
     ("probe-nan", ["probe", "nan.pt", "--data", "probe.yaml", "--device", "cpu"], ["NaN or inf"]),
+    # export (a checkpoint loader too)
+    ("export-nan-run", ["export", "nan-run", "--format", "state_dict", "--which", "last", "--out", "w.pt"], ["NaN or inf"]),
+    ("export-experiment", ["export", E, "--format", "state_dict"], ["experiment/seed0/"]),
     # build
     ("build-over-other-spec", ["build", "spec.yaml", "--out", "other-build"], ["spec 'other'", "--force"]),
     ("build-into-run", ["build", "spec.yaml", "--out", SFTN], ["sftn run"]),
