@@ -1,6 +1,7 @@
 """train.loggers: TensorBoard event files and MLflow runs that hold the scalars of metrics.jsonl,
 one per run folder (a method's phases included), resumed without doubled points; a logger whose
-package is missing refused before anything is written.
+package is missing refused before anything is written. That only rank 0 writes events under torchrun
+is checked in test_distributed.py.
 
 TensorBoard is in the `test` extra. MLflow is not (with its server dependencies it takes over two
 minutes to install): its test runs where it is installed (`pip install .[mlflow]`).
@@ -174,3 +175,4 @@ def test_mlflow_run_holds_the_spec_and_the_metrics_jsonl_scalars_across_a_resume
     assert [step for step, _ in logged["loss"]] == [1, 2, 3]
     # MLflow cannot remove a point: epoch 2 keeps its first logging, whose timings were measured then.
     assert_same_series(logged, expected, untimed={2})
+

@@ -39,8 +39,8 @@ def check_installed(loggers: Iterable[str]) -> None:
 
 
 def open_sinks(run: RunDir, spec_dict: dict[str, Any], resumed_epoch: int | None) -> list[MetricsSink]:
-    """A sink per logger of ``spec_dict``'s ``train.loggers``; ``resumed_epoch``: the epoch of the
-    checkpoint a resumed run continues from (its later points are dropped), None for a new run."""
+    """A sink per logger of ``spec_dict``'s ``train.loggers`` (checked with :func:`check_installed`);
+    ``resumed_epoch``: the epoch of the checkpoint a resumed run continues from (its later points are
+    dropped), None for a new run."""
     loggers = spec_dict["train"]["loggers"]
-    check_installed(loggers)
     return [importlib.import_module(SINKS[name]).open_sink(run, spec_dict, resumed_epoch) for name in loggers]
