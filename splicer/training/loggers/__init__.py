@@ -42,5 +42,12 @@ def open_sinks(run: RunDir, spec_dict: dict[str, Any], resumed_epoch: int | None
     """A sink per logger of ``spec_dict``'s ``train.loggers`` (checked with :func:`check_installed`);
     ``resumed_epoch``: the epoch of the checkpoint a resumed run continues from (its later points are
     dropped), None for a new run."""
-    loggers = spec_dict["train"]["loggers"]
-    return [importlib.import_module(SINKS[name]).open_sink(run, spec_dict, resumed_epoch) for name in loggers]
+    sinks: list[MetricsSink] = []
+    try:
+        for name in spec_dict["train"]["loggers"]:
+            sinks.append(importlib.import_module(SINKS[name]).open_sink(run, spec_dict, resumed_epoch))
+    except BaseException:
+        for sink in sinks:  # one that cannot open (an MLflow store refusing) closes those opened before it
+            sink.close(failed=True)
+        raise
+    return sinks

@@ -28,9 +28,9 @@ class MlflowSink:
 
         given = spec_dict["train"].get("mlflow_uri") or os.environ.get("MLFLOW_TRACKING_URI")
         uri = given or f"sqlite:///{(run.path / 'mlflow.db').resolve()}"
-        self._client = MlflowClient(tracking_uri=uri)
         self._logged = 0  # epochs already in the MLflow run (a resumed run logs only later ones)
         try:
+            self._client = MlflowClient(tracking_uri=uri)
             experiment = self._client.get_experiment_by_name(spec_dict["name"])
             experiment_id = (
                 experiment.experiment_id if experiment else self._client.create_experiment(spec_dict["name"])
@@ -45,7 +45,7 @@ class MlflowSink:
                     self.log_epoch(record)
             run.mlflow.write_text(json.dumps({"run_id": self._run_id, "tracking_uri": given}) + "\n")
         except MlflowException as exc:
-            setting = "train.mlflow_uri" if spec_dict["train"].get("mlflow_uri") else "the MLflow tracking URI"
+            setting = "train.mlflow_uri" if spec_dict["train"].get("mlflow_uri") else "MLFLOW_TRACKING_URI"
             raise SplicerError(f"{setting} {uri}: MLflow cannot log there: {exc.message}") from None
 
     def _resumed_run(self, run: RunDir, given: str | None) -> str | None:
