@@ -160,7 +160,7 @@ def test_block_whose_input_is_modified_in_place_gets_a_copy():
 
 def test_build_accepts_a_path_and_a_spec(vgg_result):
     assert isinstance(splicer.build(VGG_SPEC, verify=False), splicer.SFTN)
-    with pytest.raises(SplicerError, match="no such spec file"):
+    with pytest.raises(SplicerError, match="missing.yaml: no such file"):
         splicer.build(REPO / "specs" / "missing.yaml")
 
 

@@ -9,26 +9,67 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from splicer.errors import SpecError, did_you_mean
+from splicer.files import read_text
 from splicer.spec.schema import Spec
 
 
 def load_spec(path: str | Path) -> Spec:
     """Load and validate the spec at ``path``; every model reference is checked to exist."""
+    data = load_yaml_mapping(path, "a YAML spec (UTF-8 text)", "name:, num_classes:, teacher:, ...")
+    return spec_from_dict(data, source=str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[tuple[str, str], int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = (key_node.tag, key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise _DuplicateKey(key_node.value, lines[key], line)
+            lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, first: int, second: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+def load_yaml_mapping(path: str | Path, expected: str, keys: str) -> dict[str, Any]:
+    """A user's YAML file as a mapping: the wrong kind of file, invalid YAML, a duplicated key or
+    anything but a mapping is one :class:`SpecError` naming the file (and the line)."""
     path = Path(path)
+    text = read_text(path, expected, SpecError)
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such spec file") from None
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read the spec: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise SpecError(
+            f"{path}:{exc.second}: key {exc.key!r} is written twice (lines {exc.first} and {exc.second}); "
+            "keep one (YAML would silently use the last)"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(f"{path}{where}: not valid YAML: {problem}") from None
-    return spec_from_dict(data, source=str(path))
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a YAML mapping ({keys}); found {_yaml_kind(data)}")
+    return data
+
+
+def _yaml_kind(data: Any) -> str:
+    if isinstance(data, list):
+        return f"a list of {len(data)} item(s)"
+    if data is None:
+        return "no content"
+    shown = repr(data) if len(repr(data)) <= 40 else repr(data)[:37] + "..."
+    return f"a single value, {shown}"
 
 
 def spec_from_dict(data: Any, source: str = "<spec>") -> Spec:
@@ -46,8 +87,26 @@ def spec_from_dict(data: Any, source: str = "<spec>") -> Spec:
         problem = check_model_reference(network.model) if network is not None else None
         if problem:
             raise SpecError(f"{source}: {role}.model: {problem}")
+    _check_branch_student(spec, source)
     spec._source = source
     return spec
+
+
+def _check_branch_student(spec: Spec, source: str) -> None:
+    """The SFTN's teacher is cut like ``branch_student``, and stage 2 pairs it block by block with the
+    student: both must have as many block ends. Checked here where both are listed; with ``auto``
+    the compiler checks it (:func:`splicer.assembly.build.compile_spec`)."""
+    branch, student = spec.branch_student, spec.student
+    if branch is None:
+        return
+    counts = [len(n.blocks) if isinstance(n.blocks, list) else n.num_blocks for n in (branch, student)]
+    if None not in counts and counts[0] != counts[1]:
+        field = "blocks" if isinstance(branch.blocks, list) else "num_blocks"
+        raise SpecError(
+            f"{source}: branch_student.{field}: {counts[0]} blocks, but student has {counts[1]}; the SFTN's teacher is "
+            f"cut like the branch student and stage 2 distils the student from it block by block, so list "
+            f"{counts[1]} block ends"
+        )
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
