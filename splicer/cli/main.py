@@ -251,13 +251,20 @@ def _inspect_model(
 
 
 @app.command(cls=FlagCommand)
+@user_errors
 def schema(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
 ) -> None:
     """Print the spec's JSON Schema, for editors that complete and check YAML."""
     from splicer.spec.schema import Spec
 
+    from splicer.errors import SplicerError
+
     text = json.dumps(Spec.model_json_schema(), indent=2) + "\n"
+    if out is not None and out.is_dir():
+        raise SplicerError(f"--out {out}: is a folder; name a file, e.g. {out / 'splicer.schema.json'}")
+    if out is not None and not out.parent.is_dir():
+        raise SplicerError(f"--out {out}: no folder {out.parent}; create it first or name a file in an existing folder")
     if out is None:
         sys.stdout.write(text)
     else:
