@@ -137,7 +137,7 @@ def test_block_ends_out_of_order_and_count_mismatch():
         splicer.build(spec_from_dict(spec))
     spec = toy_spec()
     spec["teacher"]["blocks"] = ["layer2", "layer3"]
-    with pytest.raises(CutError, match="teacher.blocks lists 2 block ends and student.blocks 3"):
+    with pytest.raises(CutError, match="student.blocks: lists 3 block ends and teacher.blocks 2"):
         splicer.build(spec_from_dict(spec))
 
 
