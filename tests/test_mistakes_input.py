@@ -53,6 +53,10 @@ def _working_folder(root: Path) -> None:
     (root / "branch_vs_teacher.yaml").write_text(
         _yaml(toy_spec(student=two_blocks, branch_student={"model": "cifar:resnet8", "blocks": ["layer2", "layer3"]}))
     )
+    auto = {"teacher": {"model": TOY, "kwargs": {"width": 8}}, "student": {"model": TOY, "kwargs": {"width": 4}}}
+    (root / "student_vs_branch.yaml").write_text(
+        _yaml(toy_spec(**auto, branch_student={"model": "cifar:resnet8", "blocks": ["layer2", "layer3"]}))
+    )
     (root / "vit32.yaml").write_text(
         _yaml(toy_spec(input_size=[3, 32, 32], teacher={"model": "timm:vit_tiny_patch16_224"}))
     )
@@ -89,11 +93,14 @@ MISTAKES = [
     Mistake("build-missing", ["build", "nope.yaml"], ["nope.yaml", "no such file"]),
     Mistake("build-image", ["build", "image.png"], ["image.png", "PNG image"]),
     # build: the spec's content
-    Mistake("build-key-twice", ["build", "two_data.yaml"], ["two_data.yaml", "'data'", "written twice", "lines"]),
-    Mistake("build-nested-key-twice", ["build", "two_models.yaml"], ["two_models.yaml", "'model'", "written twice"]),
+    Mistake("build-key-twice", ["build", "two_data.yaml"], ["two_data.yaml", "data: written twice", "lines"]),
+    Mistake("build-nested-key-twice", ["build", "two_models.yaml"], ["two_models.yaml", "teacher.model: written twice"]),
     Mistake("build-branch-count", ["build", "branch_count.yaml"], ["branch_student.blocks", "2 blocks", "student has 3"]),
     Mistake(
         "build-branch-vs-teacher", ["build", "branch_vs_teacher.yaml"], ["branch_student.blocks", "teacher.blocks"]
+    ),
+    Mistake(
+        "build-student-vs-branch", ["build", "student_vs_branch.yaml"], ["student.blocks", "3 blocks", "into 2"]
     ),
     Mistake(
         "build-vit-at-32",
@@ -117,13 +124,14 @@ MISTAKES = [
     Mistake("inspect-timm-typo", ["inspect", "timm:resnet_18"], ["resnet_18", "'resnet18'"]),
     Mistake("inspect-source-case", ["inspect", "Timm:resnet18"], ["'Timm'", "did you mean 'timm'"]),
     Mistake("inspect-graph-format", ["inspect", "spec.yaml", "--graph", "branches.pdf"], ["branches.pdf", ".svg"]),
+    Mistake("inspect-folder", ["inspect", "not_a_run"], ["not_a_run", "expected a YAML spec", "found a folder"]),
     Mistake("inspect-module", ["inspect", "python:own_net_xyz:make_net"], ["own_net_xyz", "PYTHONPATH"]),
     # schema
     Mistake("schema-out-folder", ["schema", "--out", "not_a_run"], ["--out not_a_run", "is a folder"]),
     Mistake("schema-out-no-parent", ["schema", "--out", "nowhere/schema.json"], ["nowhere", "no folder"]),
     # train
     Mistake("train-checkpoint-as-spec", ["train", "teacher.pt"], ["teacher.pt", "PyTorch checkpoint"]),
-    Mistake("train-key-twice", ["train", "two_data.yaml"], ["two_data.yaml", "'data'", "written twice"]),
+    Mistake("train-key-twice", ["train", "two_data.yaml"], ["two_data.yaml", "data: written twice"]),
     Mistake("train-set-typo", ["train", "spec.yaml", "--set", "data.resise=16"], ["data.resise", "'resize'"]),
     Mistake("train-set-form", ["train", "spec.yaml", "--set", "data.resize"], ["--set 'data.resize'", "KEY.PATH=VALUE"]),
     Mistake("train-device", ["train", "spec.yaml", "--device", "gpu"], ["train.device", "'gpu'", "'cuda'"]),
@@ -172,7 +180,7 @@ MISTAKES = [
     Mistake(
         "probe-data-key-twice",
         ["probe", "teacher.pt", "--data", "probe_two_data.yaml"],
-        ["probe_two_data.yaml", "'data'", "lines 2 and 3"],
+        ["probe_two_data.yaml", "data: written twice (lines 2 and 3)"],
     ),
     Mistake("probe-data-list", ["probe", "teacher.pt", "--data", "probe_list.yaml"], ["probe_list.yaml", "a list"]),
     Mistake("probe-data-typo", ["probe", "teacher.pt", "--data", "probe_typo.yaml"], ["data.resise", "'resize'"]),
@@ -265,5 +273,40 @@ def test_example_3s_documented_command_works_as_written(tmp_path: Path) -> None:
         env={"PYTHONPATH": "examples"},
     )
     assert code == 0 and "stage1" in output, output
+    code, output = run_cli(["inspect", "python:own_net:make_net", "--num-classes", "10"], REPO / "examples")
+    assert code == 0 and "stage1" in output, output  # or from the module's own folder, without PYTHONPATH
     for text in ((REPO / "README.md").read_text(), (REPO / "examples" / "03_own_model.py").read_text()):
         assert "PYTHONPATH=examples splicer inspect python:own_net:make_net --all --num-classes 10 --input-size 3 32 32" in text
+
+
+def _size_mismatch(x):  # noqa: ANN001, ANN202 - an fx leaf: a model that does not fit its input
+    raise RuntimeError("a long torch message\nmat1 and mat2 shapes cannot be multiplied (2x48 and 64x10)")
+
+
+def _splicer_bug(x):  # noqa: ANN001, ANN202 - an fx leaf: what a bug of ours would raise
+    raise KeyError("node_7")
+
+
+@pytest.mark.parametrize(("leaf", "user_error"), [(_size_mismatch, True), (_splicer_bug, False)])
+def test_only_a_models_own_size_error_is_condensed(leaf, user_error) -> None:  # noqa: ANN001
+    import torch
+    from torch import fx
+
+    from splicer.errors import UnsupportedModelError
+    from splicer.trace.shapes import propagate_shapes
+
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    graph.output(graph.call_function(leaf, (x,)))
+    module = fx.GraphModule(torch.nn.Module(), graph)
+    if user_error:
+        with pytest.raises(UnsupportedModelError) as info:
+            propagate_shapes(module, (3, 8, 8), name="teacher.model: toy", hint="try 3x32x32")
+        assert str(info.value) == (
+            "teacher.model: toy cannot run on an input of 3x8x8: "
+            "mat1 and mat2 shapes cannot be multiplied (2x48 and 64x10); try 3x32x32"
+        )
+    else:
+        with pytest.raises(RuntimeError) as info:  # not a SplicerError: its traceback is shown
+            propagate_shapes(module, (3, 8, 8))
+        assert isinstance(info.value.__cause__, KeyError)

@@ -149,7 +149,7 @@ def inspect(
     if graph is not None and graph.suffix.lower() not in GRAPH_FORMATS:
         known = ", ".join(GRAPH_FORMATS)
         raise SplicerError(f"--graph {graph}: unknown format {graph.suffix or '(no extension)'}; use {known}")
-    if Path(target).is_file() or target.endswith((".yaml", ".yml")):
+    if Path(target).exists() or target.endswith((".yaml", ".yml")):
         _inspect_spec(Path(target), console, layers, graph, as_json)
     elif layers or graph is not None or as_json:
         raise SplicerError(f"{target}: --layers, --graph and --json need a spec file, not a model reference")

@@ -64,12 +64,19 @@ def check_model_reference(reference: str) -> str | None:
 
 
 def import_user_module(name: str) -> Any:
-    """Import the module of a ``python:`` reference; like ``python -m``, the current folder is searched too
-    (last, so it never shadows an installed package), so ``splicer`` finds a module next to the user."""
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
+    """Import the module of a ``python:`` reference. Like ``python -m``, the current folder is searched
+    too (after everything else, and only for this import), so ``splicer`` finds a module next to the user."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        cwd = os.getcwd()
+        if exc.name != name.split(".")[0] or cwd in sys.path or "" in sys.path:
+            raise
         sys.path.append(cwd)
-    return importlib.import_module(name)
+        try:
+            return importlib.import_module(name)
+        finally:
+            sys.path.remove(cwd)
 
 
 def create_model(

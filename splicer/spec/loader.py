@@ -19,26 +19,26 @@ def load_spec(path: str | Path) -> Spec:
     return spec_from_dict(data, source=str(path))
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key written twice in one mapping (PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        lines: dict[tuple[str, str], int] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = (key_node.tag, key_node.value)
-            line = key_node.start_mark.line + 1
-            if key in lines:
-                raise _DuplicateKey(key_node.value, lines[key], line)
-            lines[key] = line
-        return super().construct_mapping(node, deep)
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: str, first: int, second: int) -> None:
-        super().__init__(key)
-        self.key, self.first, self.second = key, first, second
+def _duplicate_key(node: yaml.Node, path: tuple[str, ...] = ()) -> tuple[str, int, int] | None:
+    """The first key written twice in one mapping, as (dotted path, first line, second line); PyYAML
+    itself silently keeps the last one."""
+    children: list[tuple[tuple[str, ...], yaml.Node]] = []
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                line = key_node.start_mark.line + 1
+                if key_node.value in lines:
+                    return ".".join([*path, key_node.value]), lines[key_node.value], line
+                lines[key_node.value] = line
+                children.append(((*path, key_node.value), value_node))
+    elif isinstance(node, yaml.SequenceNode):
+        children = [((*path[:-1], f"{path[-1] if path else ''}[{i}]"), item) for i, item in enumerate(node.value)]
+    for child_path, child in children:
+        found = _duplicate_key(child, child_path)
+        if found:
+            return found
+    return None
 
 
 def load_yaml_mapping(path: str | Path, expected: str, keys: str) -> dict[str, Any]:
@@ -47,17 +47,19 @@ def load_yaml_mapping(path: str | Path, expected: str, keys: str) -> dict[str, A
     path = Path(path)
     text = read_text(path, expected, SpecError)
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except _DuplicateKey as exc:
-        raise SpecError(
-            f"{path}:{exc.second}: key {exc.key!r} is written twice (lines {exc.first} and {exc.second}); "
-            "keep one (YAML would silently use the last)"
-        ) from None
+        duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(f"{path}{where}: not valid YAML: {problem}") from None
+    if duplicate is not None:
+        key, first, second = duplicate
+        raise SpecError(
+            f"{path}:{second}: {key}: written twice (lines {first} and {second}); keep one (YAML would silently "
+            "use the last)"
+        )
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a YAML mapping ({keys}); found {_yaml_kind(data)}")
     return data
