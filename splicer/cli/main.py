@@ -273,13 +273,14 @@ def schema(
 
 
 def _register_training_commands() -> None:
-    from splicer.cli import train_commands
+    from splicer.cli import export_command, train_commands
 
     app.command("train", cls=FlagCommand)(user_errors(train_commands.train))
     app.command("distill", cls=FlagCommand)(user_errors(train_commands.distill))
     app.command("eval", cls=FlagCommand)(user_errors(train_commands.eval_run))
     app.command("run", cls=FlagCommand)(user_errors(train_commands.run))
     app.command("probe", cls=FlagCommand)(user_errors(train_commands.probe))
+    app.command("export", cls=FlagCommand)(user_errors(export_command.export))
 
 
 _register_training_commands()
