@@ -173,6 +173,13 @@ MISTAKES = [
     Mistake("run-probe-binary", ["run", "spec.yaml", "--probe", "pickled.yaml"], ["pickled.yaml", "probe data file"]),
     Mistake("run-seeds", ["run", "spec.yaml", "--seeds", "a,b"], ["--seeds 'a,b'", "integers"]),
     Mistake("run-utf16-spec", ["run", "utf16.yaml"], ["utf16.yaml", "UTF-16"]),
+    # export
+    Mistake("export-format-typo", ["export", "not_a_run", "-f", "stat_dict"], ["'stat_dict'", "did you mean 'state_dict'"]),
+    Mistake("export-format-case", ["export", "not_a_run", "-f", "ONNX"], ["'ONNX'", "did you mean 'onnx'"]),
+    Mistake(
+        "export-which-typo", ["export", "not_a_run", "-f", "state_dict", "--which", "bets"], ["'bets'", "'best'"]
+    ),
+    Mistake("export-checkpoint-file", ["export", "teacher.pt", "-f", "state_dict"], ["teacher.pt", "run folder"]),
     # probe
     Mistake("probe-data-binary", ["probe", "teacher.pt", "--data", "pickled.yaml"], ["pickled.yaml", "pickle"]),
     Mistake("probe-data-checkpoint", ["probe", "teacher.pt", "--data", "teacher.pt"], ["PyTorch checkpoint"]),
@@ -205,7 +212,7 @@ def test_a_mistake_is_one_clear_message_and_changes_nothing(mistake: Mistake, fo
 
 def test_the_table_covers_every_command_with_many_mistakes() -> None:
     commands = {m.args[0] for m in MISTAKES}
-    assert commands == {"build", "inspect", "schema", "train", "distill", "eval", "run", "probe"}
+    assert commands == {"build", "inspect", "schema", "train", "distill", "eval", "run", "probe", "export"}
     assert len({m.name for m in MISTAKES}) == len(MISTAKES) >= 35
 
 
@@ -248,7 +255,7 @@ def test_inspect_a_timm_model_takes_timms_input_size_and_classes() -> None:
 def test_flags_are_shown_as_flags_and_the_version_is_printed() -> None:
     from importlib.metadata import version
 
-    for command in ([], ["build"], ["inspect"], ["schema"], ["train"], ["distill"], ["eval"], ["run"], ["probe"]):
+    for command in ([], ["build"], ["inspect"], ["schema"], ["train"], ["distill"], ["eval"], ["run"], ["probe"], ["export"]):
         code, output = run_cli([*command, "--help"], REPO)
         assert code == 0 and "<bool>" not in output, output
     code, output = run_cli(["--version"], REPO)
