@@ -114,6 +114,13 @@ def check_distill(
     the teacher checkpoint (a finite teacher of this spec) and the run folder. Returns the teacher's
     checkpoint path and contents."""
     if method not in METHODS:
+        from splicer.training.online import BASELINES
+
+        if method in (*BASELINES, "all"):
+            raise SplicerError(
+                f"--method {method}: distill trains one student with one distillation method; "
+                f"{'every method' if method == 'all' else 'the baselines'} run with `splicer run SPEC --methods {method}`"
+            )
         create_method(method, spec.distill, [], [])  # raises the registry's message with suggestions
     method_options(method, spec.distill)
     teacher_path = resolve_checkpoint(teacher, "last")
