@@ -93,6 +93,15 @@ def train(
     set_: SetOpt = None,
     quiet: QuietOpt = False,
     nproc: NprocOpt = None,
+    from_: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Start the teacher from a teacher you have: a standard or SFTN run folder (its teacher), a splicer "
+            "checkpoint or a state_dict file of the model (sets teacher.checkpoint; see finetune: in the README).",
+            show_default=False,
+        ),
+    ] = None,
     anchors: Annotated[
         int,
         typer.Option(
@@ -108,6 +117,10 @@ def train(
     from splicer.training.stage1 import train_teacher
 
     resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed)
+    if from_ is not None:
+        from splicer.training.overrides import start_teacher_from
+
+        resolved = start_teacher_from(resolved, from_)
     if anchors:
         from splicer.training.anchors import train_anchored_teacher
 
@@ -253,6 +266,14 @@ def run(
     probe_device: Annotated[
         str, typer.Option("--probe-device", help="Device of the probes: auto, cpu or cuda.")
     ] = "auto",
+    sftn_from: Annotated[
+        str,
+        typer.Option(
+            "--sftn-from",
+            help="How the SFTN teacher starts: scratch (the paper), standard (fine-tune the standard teacher of "
+            "the same seed, by the spec's finetune: section) or scratch,standard (both: three teacher columns).",
+        ),
+    ] = "scratch",
 ) -> None:
     """Train standard and SFTN teachers, the student alone and distilled from each; report them side by side."""
     _launch(nproc, "run")
@@ -279,8 +300,10 @@ def run(
     if sweep:
         from splicer.training.sweep import parse_sweeps, render_markdown, run_sweep
 
-        if baselines or probe_data is not None:
-            raise SplicerError("--sweep compares SFTN settings; run baselines (dml, kdcl, rco) and --probe without it")
+        if baselines or probe_data is not None or sftn_from != "scratch":
+            raise SplicerError(
+                "--sweep compares SFTN settings; run baselines (dml, kdcl, rco), --probe and --sftn-from without it"
+            )
         report = run_sweep(resolved, parse_sweeps(sweep), method_list, seed_list, out=out, quiet=quiet)
         if not _is_main():
             return
@@ -289,9 +312,12 @@ def run(
         return
     from splicer.training.experiment import render_markdown, run_experiment
 
+    starts = tuple(_split(sftn_from))
+    if "scratch" not in starts and baselines:
+        raise SplicerError("--sftn-from: baselines (dml, kdcl, rco) compare with the SFTN from scratch; add scratch")
     rco_anchors = anchors if "rco" in baselines else 0
     report = run_experiment(
-        resolved, method_list, seed_list, out=out, resume=resume, quiet=quiet, anchors=rco_anchors
+        resolved, method_list, seed_list, out=out, resume=resume, quiet=quiet, anchors=rco_anchors, sftn_from=starts
     )
     text = render_markdown(report)
     if baselines:

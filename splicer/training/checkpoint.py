@@ -135,7 +135,7 @@ def network_from_checkpoint(checkpoint: dict[str, Any], path: Path, spec: Spec |
         )
     with torch.random.fork_rng(devices=[]):
         if kind in TEACHER_KINDS:
-            network, state = build(spec).teacher, teacher_state(checkpoint)
+            network, state = build(spec, initial_weights=False).teacher, teacher_state(checkpoint)
         else:
             network, state = build_student(spec), checkpoint["model"]
     try:
