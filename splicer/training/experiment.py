@@ -343,6 +343,7 @@ def build_report(
         "seeds": seeds,
         "epochs": spec.train.epochs,
         "teachers": teachers,
+        **({"finetune_epochs": _finetune_epochs(spec)} if FINETUNED in teachers else {}),
         "eval_split": first["eval_split"],
         "metric": "final top-1 accuracy (%) on the eval split, mean and std over seeds",
         "teacher": {**teacher, **differences(teacher)},
@@ -370,6 +371,12 @@ def build_report(
             if any("error" in summary for summary in runs.values())
         },
     }
+
+
+def _finetune_epochs(spec: Spec) -> int:
+    from splicer.spec.schema import FinetuneSpec
+
+    return (spec.finetune or FinetuneSpec()).recipe(spec.train).epochs
 
 
 def write_report(report: dict[str, Any], root: Path) -> None:
@@ -424,7 +431,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Final {report['eval_split']} top-1 accuracy (%) after {report['epochs']} epochs, "
         f"{over}. Δ: {' or '.join(titles)} minus standard"
         + (", mean ± std of the per-seed differences" if len(seeds) > 1 else "")
-        + ". Time: mean wall time of one distillation run of the method.",
+        + ". Time: mean wall time of one distillation run of the method."
+        + (
+            f" The fine-tuned SFTN trained {report['finetune_epochs']} epochs from the standard teacher."
+            if "finetune_epochs" in report
+            else ""
+        ),
         "",
         f"| Models (Teacher/Student) | {report['teacher_model']} / {report['student_model']} |{blank} |{pad}",
         f"|:--|--:|{'--:|--:|' * len(compared)}--:|{note_rule}",

@@ -64,6 +64,11 @@ def fine_tune(
         which += " and head"
     rest = "the branches" if finetune.freeze_through is None else "the blocks after them, the head and the branches"
     if finetune.teacher_lr_mult == 0:
+        if stage.kind == "standard" and finetune.freeze_through is None:
+            raise SpecError(
+                f"{source}: finetune.teacher_lr_mult: 0 freezes the whole teacher, so a standard teacher has nothing "
+                "to train; set freeze_through to the last block to freeze, or a multiplier above 0"
+            )
         for part in parts:
             part.requires_grad_(False)
         stage.frozen += parts
