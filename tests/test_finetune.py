@@ -128,7 +128,8 @@ def test_a_timm_state_dict_with_another_class_count_starts_with_a_reset_head(tmp
     assert "head has 7 classes" in message and "num_classes is 5" in message and "teacher.head: reset" in message
     assert "fc.weight 7x512 -> 5x512" in message
 
-    output = cli("train", spec, "--from", tmp_path / "resnet10t.pt", "--set", "teacher.head=reset", "-o", tmp_path / "run")
+    reset = ("--set", "teacher.head=reset")
+    output = cli("train", spec, "--from", tmp_path / "resnet10t.pt", *reset, "-o", tmp_path / "run")
     assert "teacher.head: reset: the weights have 7 classes, the spec 5" in " ".join(output.split())
     assert "freshly initialised fc.bias 7 -> 5, fc.weight 7x512 -> 5x512" in " ".join(output.split())
     teacher = {key.split(".", 2)[-1] if key.startswith("blocks.") else key[5:]: value

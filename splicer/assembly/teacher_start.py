@@ -46,7 +46,8 @@ def load_teacher_start(spec: Spec, plan: NetworkPlan, teacher: BlockNet) -> list
     missing = sorted(wanted - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or not all(_class_count_only(k, head, state, expected, spec.num_classes) for k in mismatched):
+    class_count = all(_class_count_only(k, head, state, expected, spec.num_classes) for k in mismatched)
+    if missing or unexpected or not class_count:
         problems = _describe(missing, unexpected, mismatched, state, expected)
         raise ModelSourceError(f"{where}: cannot start from {origin}, they do not fit {network.model}: {problems}")
     notes = [f"teacher: starts from {origin}"]
@@ -59,7 +60,8 @@ def load_teacher_start(spec: Spec, plan: NetworkPlan, teacher: BlockNet) -> list
                 "to re-initialise the head and keep the other weights"
             )
         notes.append(
-            f"teacher.head: reset: the weights have {classes} classes, the spec {spec.num_classes}; freshly initialised "
+            f"teacher.head: reset: the weights have {classes} classes, the spec {spec.num_classes}; "
+            "freshly initialised "
             f"{_shapes(mismatched, state, expected)}"
         )
         state = {k: v for k, v in state.items() if k not in mismatched}
@@ -89,7 +91,8 @@ def pretrained_state(reference: str, kwargs: dict[str, Any], where: str) -> dict
     except Exception as exc:  # noqa: BLE001  offline, no weights for this name, a hub error: one message for all
         reason = " ".join(str(exc).split())[:300]
         raise ModelSourceError(
-            f"{where}.pretrained: could not get the pretrained weights of {reference} ({type(exc).__name__}: {reason}). "
+            f"{where}.pretrained: could not get the pretrained weights of {reference} "
+            f"({type(exc).__name__}: {reason}). "
             "Offline? On a machine with internet save them, e.g. "
             f"{_save_hint(source, name)}, copy the file here and pass it instead: "
             "splicer train SPEC --from FILE (which replaces teacher.pretrained: true)"
@@ -143,7 +146,9 @@ def _checkpoint_state(path: Path, where: str) -> tuple[dict[str, torch.Tensor], 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  a truncated or foreign file: torch raises many types
-        raise ModelSourceError(f"{where}.checkpoint: {path} is no readable weights file ({type(exc).__name__}: {exc})") from None
+        raise ModelSourceError(
+            f"{where}.checkpoint: {path} is no readable weights file ({type(exc).__name__}: {exc})"
+        ) from None
     if isinstance(state, dict) and "kind" in state and "model" in state:
         if state["kind"] not in TEACHER_KINDS:
             raise ModelSourceError(

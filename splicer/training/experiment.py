@@ -275,7 +275,8 @@ def build_report(
     A method whose run failed for some seed and teacher has no score for that teacher (None),
     its messages under ``errors``; the Best row and the mean difference use the methods that
     finished with every teacher. ``teachers``: the standard one first, then the SFTNs compared with it
-    (``sftn`` from scratch, ``sftn-finetuned`` fine-tuned from the standard one). Each difference also has its paired form (``delta_seeds``, see
+    (``sftn`` from scratch, ``sftn-finetuned`` fine-tuned from the standard one). Each difference also
+    has its paired form (``delta_seeds``, see
     :func:`paired_delta`). Time per method: mean wall seconds of its runs, their phases
     (AB's, FT's, SSKD's) included, and mean step seconds of the main runs.
     """
