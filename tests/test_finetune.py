@@ -5,6 +5,7 @@ fine-tuning recipe (``finetune:``: its schedule, ``teacher_lr_mult``, ``freeze_t
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"spec": spec, "standard": folder / "standard", "sftn": folder / "sftn"}
 
 
+@pytest.mark.slow
 def test_a_standard_run_starts_a_fine_tuned_sftn_with_its_blocks_frozen(sources: dict[str, Path], tmp_path: Path):
     """The teacher starts from exactly the standard run's weights; teacher_lr_mult 0 through block 2
     keeps blocks 1-2 (BatchNorm statistics included) bit-identical while block 3, head and branches learn."""
@@ -94,6 +96,7 @@ def test_a_standard_run_starts_a_fine_tuned_sftn_with_its_blocks_frozen(sources:
     assert after["spec"]["teacher"]["checkpoint"] == str(sources["standard"])
 
 
+@pytest.mark.slow
 def test_an_sftn_run_starts_a_fine_tuned_sftn_from_its_teacher_part(sources: dict[str, Path], tmp_path: Path):
     """teacher_lr_mult 0 without freeze_through freezes the whole teacher: it ends as the source's teacher."""
     spec = write(tmp_path / "ft.yaml", tiny(finetune={"epochs": 1, "teacher_lr_mult": 0}))
@@ -104,6 +107,7 @@ def test_an_sftn_run_starts_a_fine_tuned_sftn_from_its_teacher_part(sources: dic
     assert all(torch.equal(teacher[key], value) for key, value in source.items())
 
 
+@pytest.mark.slow
 def test_a_timm_state_dict_with_another_class_count_starts_with_a_reset_head(tmp_path: Path):
     """A plain state_dict in timm's own keys, for 7 classes, into a 5-class spec: refused without
     `teacher.head: reset`; with it, every tensor but the classifier's is the file's, the classifier fresh."""
@@ -148,6 +152,7 @@ def test_a_timm_state_dict_with_another_class_count_starts_with_a_reset_head(tmp
     assert "they do not fit timm:resnet10t: missing " in message and "unexpected stem.weight" in message
 
 
+@pytest.mark.slow
 def test_resuming_a_fine_tuned_run_ends_with_the_uninterrupted_weights(sources: dict[str, Path], tmp_path: Path):
     """Two parameter groups (blocks 1 at lr x 0.5, the rest at lr) and the same resumed: bit-exact."""
     finetune = {"epochs": 2, "lr": 0.02, "teacher_lr_mult": 0.5, "freeze_through": "layer1"}
@@ -217,6 +222,7 @@ def test_bad_fine_tuning_settings_are_refused_by_the_spec(change: dict, match: s
         spec_from_dict(tiny(**change))
 
 
+@pytest.mark.slow
 def test_freeze_through_must_name_a_teacher_block(sources: dict[str, Path], tmp_path: Path):
     spec = write(tmp_path / "ft.yaml", tiny(finetune={"teacher_lr_mult": 0, "freeze_through": "layer9"}))
     message = refused("train", spec, "--from", sources["standard"], "-o", tmp_path / "run")
@@ -225,6 +231,7 @@ def test_freeze_through_must_name_a_teacher_block(sources: dict[str, Path], tmp_
     assert "no such run folder or checkpoint file" in message
 
 
+@pytest.mark.slow
 def test_run_trains_the_standard_the_full_and_the_fine_tuned_sftn_side_by_side(tmp_path: Path):
     """--sftn-from scratch,standard: three teacher columns with their training times; the fine-tuned SFTN
     starts from the standard teacher of its seed and follows the spec's finetune: recipe."""
@@ -245,8 +252,11 @@ def test_run_trains_the_standard_the_full_and_the_fine_tuned_sftn_side_by_side(t
     assert "| Teacher training time |" in markdown and "KL SFTN fine-tuned" in markdown
     assert (out / "kd-from-sftn-finetuned").exists() is False and (out / "seed0" / "kd-from-sftn-finetuned").is_dir()
 
-    again = cli("run", spec, "--methods", "kd", "--seeds", "0", "--sftn-from", "standard", "-o", tmp_path / "two", "-q")
+    # Only the fine-tuned SFTN, from the finished runs of a copy (reused, nothing trains again).
+    shutil.copytree(out, tmp_path / "two")
+    args = ("--methods", "kd", "--seeds", "0", "--sftn-from", "standard", "-o", tmp_path / "two", "--resume", "-q")
+    again = cli("run", spec, *args)
     assert "| Teacher training method | Standard | SFTN fine-tuned | Δ | Time |" in again
-    assert not (tmp_path / "two" / "seed0" / "sftn").exists()
+    assert json.loads((tmp_path / "two" / "report.json").read_text())["teachers"] == ["standard", "sftn-finetuned"]
     message = refused("run", spec, "--sftn-from", "pretrained", "-o", tmp_path / "three")
     assert "--sftn-from pretrained: use scratch, standard or both" in message
