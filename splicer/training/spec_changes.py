@@ -21,6 +21,8 @@ FREE = frozenset(
         "train.memory_format",
         "train.compile",
         "train.eval_every",
+        "train.loggers",
+        "train.mlflow_uri",
         "teacher.checkpoint",
         "teacher.pretrained",
         "teacher.head",
@@ -31,8 +33,8 @@ FREE = frozenset(
     }
 )
 """Where the data and initial weights lie (teacher.head only decides how they load), how long the run
-trains and on what hardware: none changes the objective an epoch follows (initial weights only matter
-before the first epoch)."""
+trains, on what hardware and where its metrics are sent: none changes the objective an epoch follows
+(initial weights only matter before the first epoch)."""
 
 COMMON = ("num_classes", "input_size", "data", "train")
 TRAINED = {
