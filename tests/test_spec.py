@@ -27,7 +27,7 @@ def test_unknown_key_names_the_field_and_suggests(write_spec):
         load_spec(path)
     message = str(info.value)
     assert message.startswith(f"{path}: teacher.blokcs: unknown field; did you mean 'blocks'")
-    assert "Valid fields here: blocks, checkpoint, kwargs, model, num_blocks" in message
+    assert "Valid fields here: blocks, checkpoint, head, kwargs, model, num_blocks, pretrained" in message
 
 
 def test_unknown_top_level_key(write_spec):

@@ -17,6 +17,7 @@ from torch import fx, nn
 
 from splicer.assembly.modules import SFTN, Branch
 from splicer.assembly.tapped import TappedBlockNet
+from splicer.assembly.teacher_start import load_teacher_start
 from splicer.errors import CutError, SplicerError
 from splicer.models.registry import create_model, input_size_hint
 from splicer.spec import Spec, load_spec
@@ -89,13 +90,17 @@ class BuildResult:
         return spec
 
 
-def build(spec_or_path: Spec | str | Path, verify: bool = True) -> SFTN:
+def build(spec_or_path: Spec | str | Path, verify: bool = True, initial_weights: bool = True) -> SFTN:
     """Compile a spec (or the spec file at a path) into an SFTN module."""
-    return compile_spec(spec_or_path, verify=verify).sftn
+    return compile_spec(spec_or_path, verify=verify, initial_weights=initial_weights).sftn
 
 
-def compile_spec(spec_or_path: Spec | str | Path, verify: bool = True) -> BuildResult:
-    """Run the whole compiler; with ``verify``, check the result numerically (see :func:`verify_build`)."""
+def compile_spec(spec_or_path: Spec | str | Path, verify: bool = True, initial_weights: bool = True) -> BuildResult:
+    """Run the whole compiler; with ``verify``, check the result numerically (see :func:`verify_build`).
+
+    ``initial_weights``: load the teacher's (``teacher.checkpoint``, ``teacher.pretrained``); off when
+    trained weights are loaded next anyway (a resume, a finished run's network).
+    """
     start = time.perf_counter()
     spec = spec_or_path if isinstance(spec_or_path, Spec) else load_spec(spec_or_path)
     source = spec.source
@@ -113,6 +118,8 @@ def compile_spec(spec_or_path: Spec | str | Path, verify: bool = True) -> BuildR
     ]
     notes += [f"T^{i + 1}: {plan.note}" for i, plan in enumerate(transforms) if plan.note]
     sftn = assemble(spec, teacher, student, transforms)
+    if initial_weights and spec.teacher_starts_trained:
+        notes += load_teacher_start(spec, teacher, sftn.teacher)
     result = BuildResult(spec, source, sftn, teacher, student, transforms, None, 0.0, notes)
     if verify:
         result.equivalence_error = verify_build(result)
@@ -123,7 +130,9 @@ def compile_spec(spec_or_path: Spec | str | Path, verify: bool = True) -> BuildR
 def plan_network(spec: Spec, network: NetworkSpec, role: str, source: str, notes: list[str] | None = None) -> NetworkPlan:
     """Create, trace, shape-propagate and cut one network; automatic choices are added to ``notes``."""
     notes = notes if notes is not None else []
-    model = create_model(network.model, spec.num_classes, network.kwargs, network.checkpoint)
+    # The teacher's initial weights may be a run's or another class count's: compile_spec loads them.
+    checkpoint = network.checkpoint if role != "teacher" else None
+    model = create_model(network.model, spec.num_classes, network.kwargs, checkpoint)
     traced = trace_model(model, name=f"{role} {network.model}")
     hint = input_size_hint(model, spec.input_size, f"{role}.kwargs")
     propagate_shapes(traced.graph_module, spec.input_size, name=f"{source}: {role}.model: {network.model}", hint=hint)

@@ -103,6 +103,15 @@ def train(
     set_: SetOpt = None,
     quiet: QuietOpt = False,
     nproc: NprocOpt = None,
+    from_: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Start the teacher from a teacher you have: a standard or SFTN run folder (its teacher), a splicer "
+            "checkpoint or a state_dict file of the model (sets teacher.checkpoint; see finetune: in the README).",
+            show_default=False,
+        ),
+    ] = None,
     anchors: Annotated[
         int,
         typer.Option(
@@ -118,6 +127,10 @@ def train(
     from splicer.training.stage1 import train_teacher
 
     resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed)
+    if from_ is not None:
+        from splicer.training.overrides import start_teacher_from
+
+        resolved = start_teacher_from(resolved, from_)
     if anchors < 0:
         raise SplicerError(f"--anchors {anchors}: the number of anchor checkpoints to save, 1 or more (0: none)")
     if anchors and (not standard or out is None):
@@ -269,10 +282,18 @@ def run(
     probe_device: Annotated[
         str, typer.Option("--probe-device", help="Device of the probes: auto, cpu or cuda.")
     ] = "auto",
+    sftn_from: Annotated[
+        str,
+        typer.Option(
+            "--sftn-from",
+            help="How the SFTN teacher starts: scratch (the paper), standard (fine-tune the standard teacher of "
+            "the same seed, by the spec's finetune: section) or scratch,standard (both: three teacher columns).",
+        ),
+    ] = "scratch",
 ) -> None:
     """Train standard and SFTN teachers, the student alone and distilled from each; report them side by side."""
     from splicer.errors import SplicerError
-    from splicer.training.experiment import check_method_names, check_methods, experiment_folder
+    from splicer.training.experiment import SFTN_FROM, check_method_names, check_methods, experiment_folder
     from splicer.training.online import BASELINES
 
     resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device)
@@ -301,8 +322,10 @@ def run(
     if sweep:
         from splicer.training.sweep import check_sweep, parse_sweeps, render_markdown, run_sweep
 
-        if baselines or probe_data is not None:
-            raise SplicerError("--sweep compares SFTN settings; run baselines (dml, kdcl, rco) and --probe without it")
+        if baselines or probe_data is not None or sftn_from != "scratch":
+            raise SplicerError(
+                "--sweep compares SFTN settings; run baselines (dml, kdcl, rco), --probe and --sftn-from without it"
+            )
         sweeps = parse_sweeps(sweep)
         check_sweep(resolved, sweeps, method_list, seed_list, out)
         _launch(nproc, "run", resolved)
@@ -312,6 +335,12 @@ def run(
         typer.echo(render_markdown(report))
         typer.echo(f"wrote {report['folder']}/report.md and report.json")
         return
+    starts = tuple(_split(sftn_from))
+    if "scratch" not in starts and baselines:
+        raise SplicerError("--sftn-from: baselines (dml, kdcl, rco) compare with the SFTN from scratch; add scratch")
+    unknown_start = [value for value in starts if value not in SFTN_FROM]
+    if unknown_start or not starts:
+        raise SplicerError(f"--sftn-from {sftn_from}: use {', '.join(SFTN_FROM)} or both, e.g. --sftn-from scratch,standard")
     check_methods(resolved, method_list)
     if "rco" in baselines and anchors < 1:
         raise SplicerError(f"--anchors {anchors}: rco follows the standard teacher's anchor checkpoints; use 1 or more")
@@ -322,7 +351,7 @@ def run(
 
     rco_anchors = anchors if "rco" in baselines else 0
     report = run_experiment(
-        resolved, method_list, seed_list, out=out, resume=resume, quiet=quiet, anchors=rco_anchors
+        resolved, method_list, seed_list, out=out, resume=resume, quiet=quiet, anchors=rco_anchors, sftn_from=starts
     )
     text = render_markdown(report)
     if baselines:

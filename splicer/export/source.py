@@ -102,10 +102,10 @@ def _data_facts_from_data_set(spec: Spec) -> dict[str, Any]:
 
 
 def _without_initial_weights(spec: Spec) -> Spec:
-    """``spec`` without the networks' ``checkpoint:`` (weights to start training from): the trained weights
-    replace them, so an export needs no such file where it runs."""
+    """``spec`` without the networks' ``checkpoint:`` and ``pretrained:`` (weights to start training from):
+    the trained weights replace them, so an export needs no such file (or network) where it runs."""
     update = {
-        role: network.model_copy(update={"checkpoint": None})
+        role: network.model_copy(update={"checkpoint": None, "pretrained": False})
         for role in ("teacher", "student", "branch_student")
         if (network := getattr(spec, role)) is not None
     }

@@ -166,7 +166,7 @@ def original_from_checkpoint(
         )
     with torch.random.fork_rng(devices=[]):
         if kind in TEACHER_KINDS:
-            result = compile_spec(spec)
+            result = compile_spec(spec, initial_weights=False)  # the checkpoint's weights replace them
             network, original, state = result.sftn.teacher, result.teacher.model, teacher_state(checkpoint)
         else:
             plan = plan_network(spec, spec.student, "student", spec.source)
