@@ -137,6 +137,7 @@ def _save_hint(source: str, name: str) -> str:
 def _checkpoint_state(path: Path, where: str) -> tuple[dict[str, torch.Tensor], str, bool]:
     """Weights in the original model's keys from a run folder, a splicer checkpoint or a state_dict file;
     with whether the file must hold every key of the model (a plain state_dict) or only those used."""
+    from splicer.files import unreadable_checkpoint
     from splicer.training.checkpoint import TEACHER_KINDS, resolve_checkpoint, teacher_state
 
     if path.is_dir():
@@ -146,9 +147,8 @@ def _checkpoint_state(path: Path, where: str) -> tuple[dict[str, torch.Tensor], 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  a truncated or foreign file: torch raises many types
-        raise ModelSourceError(
-            f"{where}.checkpoint: {path} is no readable weights file ({type(exc).__name__}: {exc})"
-        ) from None
+        refusal = unreadable_checkpoint(path, exc, "a run folder, a splicer checkpoint or a state_dict file")
+        raise ModelSourceError(f"{where}.checkpoint: {refusal}") from None
     if isinstance(state, dict) and "kind" in state and "model" in state:
         if state["kind"] not in TEACHER_KINDS:
             raise ModelSourceError(
