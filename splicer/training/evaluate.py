@@ -107,7 +107,7 @@ def similarity(
 
 def _global_vector(network: BlockNet, feature: Tensor) -> Tensor:
     """The last block end as one vector per image, whatever its layout (:func:`splicer.synthesis.layouts.as_vector`)."""
-    layouts = getattr(network, "layouts", None)
+    layouts = getattr(network, "layouts", None)  # a TappedBlockNet's; a plain BlockNet's ends are NCHW maps
     return as_vector(feature, layouts[-1] if layouts else None).float()
 
 

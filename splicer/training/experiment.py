@@ -28,6 +28,7 @@ from typing import Any
 from splicer.data import DataBundle, build_data
 from splicer.errors import SplicerError, UnsupportedPairError
 from splicer.spec import Spec
+from splicer.synthesis.layouts import describe_as_map, describe_as_vector
 from splicer.training.checkpoint import load_checkpoint, network_from_checkpoint
 from splicer.training.anchors import train_anchored_teacher
 from splicer.training.distributed import Distributed
@@ -126,7 +127,6 @@ def check_methods(spec: Spec, methods: list[str], explicit: list[str]) -> dict[s
     import torch
 
     from splicer.assembly.build import build, build_student
-    from splicer.synthesis.layouts import describe_as_map, describe_as_vector
 
     with torch.random.fork_rng(devices=[]):  # building draws initial weights; the runs' streams stay as they were
         teacher, student = build(spec, verify=False).teacher, build_student(spec)

@@ -21,6 +21,7 @@ from splicer.assembly.tapped import TappedBlockNet
 from splicer.data import build_data
 from splicer.errors import SplicerError
 from splicer.spec import Spec
+from splicer.synthesis.layouts import describe_as_map, describe_as_vector
 from splicer.training.checkpoint import (
     TEACHER_KINDS,
     load_checkpoint,
@@ -31,9 +32,8 @@ from splicer.training.checkpoint import (
 )
 from splicer.training.distributed import Distributed
 from splicer.training.engine import LossFn, Runtime, Stage, fit, seed_everything
-from splicer.synthesis.layouts import describe_as_map, describe_as_vector
 from splicer.training.methods import METHODS, DistillMethod, create_method
-from splicer.training.methods.base import FeatureForm, adapt_features, block_features
+from splicer.training.methods.base import FeatureForm, adapt_features, block_features, block_layouts
 from splicer.training.phases import train_phases
 from splicer.training.runs import RunDir, open_run
 from splicer.training.stage1 import cross_entropy_loss
@@ -161,13 +161,8 @@ def block_shapes(network: BlockNet, spec: Spec, form: FeatureForm = "maps") -> l
         features, _ = network.forward_features(torch.zeros(1, *spec.input_size))
     network.train(was_training)
     if form != "native":
-        features = adapt_features("maps", features, _layouts(network))
+        features = adapt_features("maps", features, block_layouts(network))
     return [tuple(f.shape[1:]) for f in features]
-
-
-def _layouts(network: BlockNet) -> list[Any]:
-    """The traced layout of each block end (None where unknown: read as NCHW)."""
-    return list(getattr(network, "layouts", None) or [None] * len(network.blocks))
 
 
 def feature_report(
@@ -181,7 +176,7 @@ def feature_report(
     shapes = [block_shapes(network, spec, method.reads) for network in (teacher, student)]
     blocks = []
     for k, (t_layout, t_shape, s_layout, s_shape) in enumerate(
-        zip(_layouts(teacher), shapes[0], _layouts(student), shapes[1], strict=True), start=1
+        zip(block_layouts(teacher), shapes[0], block_layouts(student), shapes[1], strict=True), start=1
     ):
         if method.reads == "native":
             blocks.append(f"block {k}: teacher {t_shape}, student {s_shape}, as the networks give them")

@@ -275,14 +275,19 @@ def adapt_features(form: FeatureForm, features: list[Tensor], layouts: list[Feat
     return [adapt(feature, layout) for feature, layout in zip(features, layouts, strict=True)]
 
 
-def block_features(method: DistillMethod, network: TappedBlockNet, images: Tensor) -> tuple[list[Tensor], Tensor]:
+def block_features(method: DistillMethod, network: BlockNet, images: Tensor) -> tuple[list[Tensor], Tensor]:
     """The block features ``method`` reads (pre-activations or block outputs, in its :attr:`~DistillMethod.reads`
     form) and the logits; every place that feeds a method features (the main loss, phases) goes through here."""
     if method.needs_preactivations:
         _, features, logits = network.forward_preactivations(images)
     else:
         features, logits = network.forward_features(images)
-    return adapt_features(method.reads, features, network.layouts), logits
+    return adapt_features(method.reads, features, block_layouts(network)), logits
+
+
+def block_layouts(network: BlockNet) -> list[FeatureLayout | None]:
+    """The traced layout of each block end (None where unknown, as for a plain BlockNet: read as NCHW)."""
+    return list(getattr(network, "layouts", None) or [None] * len(network.blocks))
 
 
 RESIZE = "the student's map is resized to the teacher's H x W (average pooling down, bilinear up)"
