@@ -1,7 +1,7 @@
 """Distillation across architectures on the CPU: a ViT teacher to a CNN student and a CNN teacher to a ViT student.
 
-Drives ``splicer run`` (splicer's own spec, data pipeline and trainer) on real CIFAR-10 at 32x32
-for two pairs, one in each direction (``benchmarks/specs/hetero_vit_resnet8_cpu.yaml``: a small
+Drives ``splicer run`` (splicer's own spec, data pipeline and trainer) on real CIFAR-10 pooled to
+16x16 (as the proof's CPU configuration) for two pairs, one in each direction (``benchmarks/specs/hetero_vit_resnet8_cpu.yaml``: a small
 ViT, patch 4, to the CIFAR resnet8; ``hetero_resnet20_vit_cpu.yaml``: the CIFAR resnet20 to a
 small ViT), with the standard and the SFTN teacher and every registered method that can read the
 pair's block ends (``--methods all``: methods registered later, OFA and DIST, join by themselves;
@@ -14,17 +14,21 @@ so). One seed. Scored on ``--val-split`` held-out training images, never the tes
     python benchmarks/hetero_cpu.py --methods kd,at,rkd # some methods only
     python benchmarks/hetero_cpu.py --train-subset 64 --val-split 64 --epochs 1 --name hetero_smoke  # a smoke
 
-Size: 5,000 training images and 2,000 held out, 4 epochs per run (the teacher, the SFTN, the
-student alone and 2 runs per method for each pair: 2 x (3 + 2 x 13) runs with OFA and DIST), at
-32x32 on the CPU. The defaults were chosen from the smoke's step times so that the whole
-benchmark fits in 40 minutes on 2 free cores; on a loaded machine it takes longer. The first
-run on a machine also decodes CIFAR-10's 60,000 images once at 32x32 into splicer's image cache
-(about 2 minutes on a free core, 8 on a loaded one), which later runs reuse. Finished
+Size: 5,000 training images and 2,000 held out, 6 epochs per run (the standard teacher, the
+SFTN, the student alone and 2 runs per method for each pair: 2 x (3 + 2 x 13) = 58 runs with OFA
+and DIST), at 16x16 on the CPU, sized to take at most 40 minutes on 2 free cores. The estimate:
+one-thread training steps at batch 64 of about 25-40 ms (ViT -> resnet8: teacher 25, SFTN 38,
+KD 32 ms; resnet20 -> ViT: teacher 87, SFTN 130, KD 40 ms), measured on a loaded machine and
+scaled by the proof configuration's KD step (93 ms at batch 128 on an idle machine, 1.34 s that
+same hour); with CRD's and SSKD's steps at about 3x KD's and 5-8 s per run to build, evaluate
+and compare, about 245 s per epoch of all runs plus 400 s, 31 minutes at 6 epochs. On a loaded
+machine it takes longer. The first run on a machine may also decode CIFAR-10 once into
+splicer's image cache (minutes), which later runs reuse. Finished
 runs are reused and interrupted ones resumed (the experiment folders are resumed), so the same
 command after an interruption only trains what is missing.
 
 What it can show: that every method runs on both heterogeneous directions and how the
-students compare after a short schedule. What it cannot: one seed and 4 epochs on 5,000 images
+students compare after a short schedule. What it cannot: one seed and 6 epochs on 5,000 images at 16x16
 are far from the paper's 240 epochs on 50,000; a difference of a point or two between methods or
 teachers is within the spread of seeds (see proof_cpu.md for that spread on a CNN pair).
 """
@@ -45,7 +49,7 @@ from provenance import provenance, repo_relative as relative  # noqa: E402
 PAIRS = ("hetero_vit_resnet8_cpu.yaml", "hetero_resnet20_vit_cpu.yaml")
 TRAIN_IMAGES = 5000
 VALIDATION_IMAGES = 2000
-EPOCHS = 4
+EPOCHS = 6
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -114,7 +118,7 @@ def render(reports: list[dict[str, Any]], args: argparse.Namespace, made: dict[s
     lines = [
         "# Distillation across architectures on the CPU: ViT -> CNN and CNN -> ViT (CIFAR-10, validation split)",
         "",
-        f"Real CIFAR-10 at 32x32, {args.train_subset} training images, {args.val_split} other training images "
+        f"Real CIFAR-10 pooled to 16x16, {args.train_subset} training images, {args.val_split} other training images "
         f"held out and scored (never the test set), {args.epochs} epochs per run, seed {args.seed}. Feature "
         "methods add KD (CE 0.1, KD 0.9 at T=4), as the paper; each method reads token and channels-last block "
         "ends through splicer's layout adapters (see each pair's last sections). One seed and a short schedule: "
