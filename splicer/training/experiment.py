@@ -128,6 +128,8 @@ def check_methods(spec: Spec, methods: list[str], explicit: list[str]) -> dict[s
 
     from splicer.assembly.build import build, build_student
 
+    if not any(METHODS[m].needs_features or METHODS[m].needs_preactivations for m in methods):
+        return {"skipped": {}, "block_ends": [], "features": {}}  # logit methods read every pair
     with torch.random.fork_rng(devices=[]):  # building draws initial weights; the runs' streams stay as they were
         teacher, student = build(spec, verify=False).teacher, build_student(spec)
     skipped: dict[str, str] = {}
