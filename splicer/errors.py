@@ -31,6 +31,11 @@ class UnsupportedModelError(SplicerError):
     """A model whose structure splicer cannot splice (yet)."""
 
 
+class UnsupportedPairError(SplicerError):
+    """A distillation method that cannot read this teacher's or student's block ends (OH and AB on a
+    block end without a final ReLU): ``splicer run --methods all`` skips such a method and says why."""
+
+
 def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """The valid choices closest to a misspelt ``word``, best first.
 

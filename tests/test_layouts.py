@@ -13,7 +13,7 @@ import torch
 
 import splicer
 from splicer.assembly.build import build_student
-from splicer.errors import CutError, SplicerError
+from splicer.errors import CutError
 from splicer.spec import spec_from_dict
 from splicer.synthesis.layouts import MapToNHWC, MapToTokens, NHWCToMap, TokensToMap
 from splicer.synthesis.transforms import Transform, plan_transform
@@ -237,14 +237,18 @@ def test_a_model_with_no_cut_point_after_its_stem_is_refused_not_cut_in_the_stem
         splicer.compile_spec(_spec(pit, {"model": "cifar:resnet8"}, 64), verify=False)
 
 
-def test_feature_methods_refuse_token_block_ends_by_name() -> None:
-    """Stage-2 feature methods read (C, H, W) maps; a ViT student's token block ends are refused, not misread."""
+def test_block_nets_carry_their_block_end_layouts_and_methods_read_them_as_maps() -> None:
+    """Stage-2 feature methods read every block end as a (C, H, W) map: a ViT student's tokens through
+    the layout adapter (class token dropped, 4x4 patch grid restored), a CNN's maps as they are."""
+    from splicer.training.stage2 import block_shapes
+
     vit = {"model": "timm:vit_tiny_patch16_224", "kwargs": VIT}
     spec = _spec({"model": "cifar:resnet8"}, vit, 32)
     student = build_student(spec)
-    assert student.layouts and all(layout.startswith("tokens 1+4x4") for layout in student.layouts)
-    with pytest.raises(SplicerError, match=r"--method at distils block outputs as NCHW .* student block 1 ends in tokens 1\+4x4"):
-        student.check_feature_maps("student", "at")
-    cnn = build_student(_spec(vit, {"model": "cifar:resnet8"}, 32))
-    assert cnn.layouts == [""] * len(cnn.blocks)
-    cnn.check_feature_maps("student", "at")  # NCHW maps pass
+    assert student.layouts and set(student.layouts) == {FeatureLayout("tokens", 192, (4, 4), 1)}
+    assert block_shapes(student, spec) == [(192, 4, 4)] * len(student.blocks)
+    assert block_shapes(student, spec, "native") == [(17, 192)] * len(student.blocks)
+    cnn_spec = _spec(vit, {"model": "cifar:resnet8"}, 32)
+    cnn = build_student(cnn_spec)
+    assert {layout.kind for layout in cnn.layouts} == {"nchw"}
+    assert block_shapes(cnn, cnn_spec) == block_shapes(cnn, cnn_spec, "native")

@@ -249,7 +249,7 @@ def block_net(plan: NetworkPlan) -> TappedBlockNet:
     """The planned network run block by block, sharing the traced model's weights, with its pre-activation taps."""
     blocks = plan.parts[:-1]
     taps = find_preactivations(plan.traced, plan.cut_points, plan.block_ends, blocks)
-    layouts = [c.layout.describe() if c.layout is not None and c.layout.kind != "nchw" else "" for c in plan.block_ends]
+    layouts = [c.layout for c in plan.block_ends]
     return TappedBlockNet(blocks, plan.parts[-1], clone_inputs=_clone_flags(blocks), taps=taps, layouts=layouts)
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from splicer.errors import SplicerError
 from splicer.assembly.modules import BlockNet
+from splicer.trace.layouts import FeatureLayout
 from splicer.trace.preactivation import PreActivationTap, TappedForward, tapped_forward
 
 
@@ -26,23 +26,18 @@ class TappedBlockNet(BlockNet):
         head: nn.Module,
         clone_inputs: list[bool] | None = None,
         taps: list[PreActivationTap] | None = None,
-        layouts: list[str] | None = None,
+        layouts: list[FeatureLayout | None] | None = None,
     ) -> None:
         super().__init__(blocks, head, clone_inputs)
-        self.layouts = list(layouts or [])  # per block end: "" for an NCHW map, else its layout (tokens, NHWC)
+        # Per block end, as the compiler traced it (None: unknown, read as NCHW); distillation methods
+        # read the features through splicer.synthesis.layouts' adapters.
+        self.layouts: list[FeatureLayout | None] = list(layouts) if layouts is not None else [None] * len(blocks)
+        if len(self.layouts) != len(blocks):
+            raise ValueError(f"{len(blocks)} blocks need {len(blocks)} layouts, got {len(self.layouts)}")
         if taps is not None and len(taps) != len(blocks):
             raise ValueError(f"{len(blocks)} blocks need {len(blocks)} taps, got {len(taps)}")
         self.taps: list[PreActivationTap] = list(taps or [])
         self._tapped: list[TappedForward] | None = None  # generated on first use
-
-    def check_feature_maps(self, role: str, method: str) -> None:
-        """Feature methods read block outputs as NCHW maps: refuse token or channels-last block ends by name."""
-        for k, layout in enumerate(self.layouts, start=1):
-            if layout:
-                raise SplicerError(
-                    f"--method {method} distils block outputs as NCHW feature maps, but {role} block {k} ends "
-                    f"in {layout}; use a logit method (kd, dkd) for this pair, or cut it where it has NCHW maps"
-                )
 
     def check_preactivations(self, role: str, method: str | None = None) -> None:
         """Raise the user-facing error if some block end has no pre-activation (does not end in a ReLU).

@@ -1,4 +1,4 @@
-"""Layout adapters around the paper's conv transform: any feature layout to an NCHW map and back.
+"""Layout adapters: any feature layout to an NCHW map and back, for the transforms and the distillation methods.
 
 A teacher feature is viewed as a map before the transform (:class:`TokensToMap` drops the
 prefix tokens and restores the patch grid; :class:`NHWCToMap` permutes channels first), and
@@ -6,6 +6,14 @@ the transformed map is put in the layout the student block expects (:class:`MapT
 flattens it and prepends prefix tokens that the branch learns; :class:`MapToNHWC` permutes
 channels last). Positional embeddings are not touched: the student adds them before its first
 block, which no branch runs.
+
+Stage-2 feature methods read every block end through the same adapters, in one of two forms
+(:func:`as_map`, :func:`as_vector`): an NCHW map (tokens: prefix dropped, patch grid restored,
+pooled-token stages on their own smaller grid; NHWC: permuted), or one global vector per
+image, the vector the network's head would pool there: the class token (the first prefix
+token, where timm puts it and where ViT and DeiT heads read it) for a token sequence with
+prefix tokens, else the mean over the map's positions (a CNN's global average pool, and the
+mean of the patch tokens of a ViT without class token, Swin or LeViT).
 """
 
 from __future__ import annotations
@@ -65,6 +73,38 @@ class MapToNHWC(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x.permute(0, 2, 3, 1).contiguous()
+
+
+def as_map(feature: Tensor, layout: FeatureLayout | None) -> Tensor:
+    """A block end's feature as an NCHW map, whatever its layout (None: already NCHW)."""
+    adapter = to_map(layout) if layout is not None else None
+    return adapter(feature) if adapter is not None else feature
+
+
+def as_vector(feature: Tensor, layout: FeatureLayout | None) -> Tensor:
+    """A block end's feature as one (B, C) vector per image: the class token where the sequence has
+    prefix tokens, else the mean over the positions of its map (see the module docstring)."""
+    if layout is not None and layout.kind == "tokens" and layout.prefix_tokens:
+        return feature[:, 0]
+    return as_map(feature, layout).flatten(2).mean(dim=2)
+
+
+def describe_as_map(layout: FeatureLayout | None, shape: tuple[int, ...]) -> str:
+    """What :func:`as_map` does to a block end of ``layout`` and per-sample ``shape``, for run reports."""
+    if layout is None or layout.kind == "nchw":
+        return "NCHW {}x{}x{}".format(*shape)
+    channels, (h, w) = layout.channels, layout.grid
+    return f"{layout.describe()} -> {describe_to_map(layout)} {channels}x{h}x{w}"
+
+
+def describe_as_vector(layout: FeatureLayout | None, shape: tuple[int, ...]) -> str:
+    """What :func:`as_vector` does to a block end of ``layout`` and per-sample ``shape``, for run reports."""
+    if layout is not None and layout.kind == "tokens" and layout.prefix_tokens:
+        return f"{layout.describe()} -> class token ({layout.channels})"
+    if layout is None or layout.kind == "nchw":
+        return "NCHW {}x{}x{} -> mean over {}x{} ({})".format(*shape, shape[1], shape[2], shape[0])
+    h, w = layout.grid
+    return f"{layout.describe()} -> mean over {h}x{w} ({layout.channels})"
 
 
 def to_map(layout: FeatureLayout) -> nn.Module | None:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from splicer.errors import SplicerError
+from splicer.errors import UnsupportedPairError
 from splicer.trace.cuts import CutPoint
 from splicer.trace.tracer import TracedModel
 
@@ -59,7 +59,7 @@ class PreActivationTap:
     def found(self) -> bool:
         return self.activation is not None
 
-    def error(self, role: str, method: str | None = None) -> SplicerError:
+    def error(self, role: str, method: str | None = None) -> UnsupportedPairError:
         """The user-facing reason why ``method`` (a distillation method's name) cannot use this block end."""
         hint = (
             f"; cut points at the same shape that do end in a ReLU: {', '.join(self.suggestions)} "
@@ -67,7 +67,7 @@ class PreActivationTap:
             if self.suggestions
             else ""
         )
-        return SplicerError(
+        return UnsupportedPairError(
             f"{f'distill method {method!r}' if method else 'pre-activation features'} need"
             f"{'s' if method else ''} the pre-activation (the value before the final ReLU) of every block "
             f"end, but {role} block end {self.block_end!r} ends with {self.ends_with}, not a ReLU. Methods that "

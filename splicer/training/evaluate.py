@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from splicer.synthesis.layouts import as_vector
+
 if TYPE_CHECKING:
     from splicer.assembly.modules import BlockNet
     from splicer.training.distributed import Distributed
@@ -76,7 +78,7 @@ class Similarity:
     """Table 8: lower KL and higher CKA mean a student closer to its teacher."""
 
     kl: float  # mean over examples of KL(p_teacher || p_student), temperature 1
-    cka: float  # linear CKA of the pooled last block features
+    cka: float  # linear CKA of the last block ends' global vectors (pooled maps; class tokens of ViTs)
 
 
 @torch.no_grad()
@@ -97,10 +99,16 @@ def similarity(
         kl_sum += F.kl_div(
             F.log_softmax(s_logits.float(), 1), F.log_softmax(t_logits.float(), 1), log_target=True, reduction="sum"
         ).double()
-        cka.update(t_features[-1].float().mean(dim=(2, 3)), s_features[-1].float().mean(dim=(2, 3)))
+        cka.update(_global_vector(teacher, t_features[-1]), _global_vector(student, s_features[-1]))
     teacher.train(modes[0])
     student.train(modes[1])
     return Similarity(kl=(kl_sum / cka.n).item(), cka=cka.value())
+
+
+def _global_vector(network: BlockNet, feature: Tensor) -> Tensor:
+    """The last block end as one vector per image, whatever its layout (:func:`splicer.synthesis.layouts.as_vector`)."""
+    layouts = getattr(network, "layouts", None)  # a TappedBlockNet's; a plain BlockNet's ends are NCHW maps
+    return as_vector(feature, layouts[-1] if layouts else None).float()
 
 
 def evaluate_run(run: str | Path, teacher: str | Path | None = None, device: str = "auto") -> dict[str, Any]:

@@ -9,7 +9,11 @@ teacher side by side with their difference, as mean ± std over the seeds.
 Every run gets its own folder under the experiment folder; with ``resume``, finished runs
 are reused and interrupted ones resumed, so an experiment can be stopped and continued.
 A distillation run that fails is reported in its method's row (its traceback in the run
-folder's ``error.txt``) and the other methods go on; ``all`` stands for every registered method.
+folder's ``error.txt``) and the other methods go on; ``all`` stands for every registered method
+that can read the pair's block ends: one that cannot (OH and AB where a block end has no final
+ReLU) is skipped before any training and the report says why. Named explicitly, such a method
+is an error before any training. The report also says how each block end reaches the methods
+(its layout, as a map and as a global vector) and each method's rule for features of different sizes.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from splicer.data import DataBundle, build_data
-from splicer.errors import SplicerError
+from splicer.errors import SplicerError, UnsupportedPairError
 from splicer.spec import Spec
+from splicer.synthesis.layouts import describe_as_map, describe_as_vector
 from splicer.training.checkpoint import load_checkpoint, network_from_checkpoint
 from splicer.training.anchors import train_anchored_teacher
 from splicer.training.distributed import Distributed
@@ -34,7 +39,7 @@ from splicer.training.methods import METHODS
 from splicer.training.methods.base import method_options
 from splicer.training.runs import RUNS_ROOT, RunDir, folder_contents, fresh_folder
 from splicer.training.stage1 import train_teacher
-from splicer.training.stage2 import distill, train_student
+from splicer.training.stage2 import block_shapes, distill, feature_report, method_for_pair, train_student
 
 TEACHERS = ("standard", "sftn")
 FINETUNED = "sftn-finetuned"
@@ -117,10 +122,16 @@ def run_experiment(
             f"--sftn-from {','.join(sftn_from)}: use {', '.join(SFTN_FROM)} or both, e.g. --sftn-from scratch,standard"
         )
     teachers = ["standard", *(SFTN_FROM[value] for value in SFTN_FROM if value in sftn_from)]
+    explicit = [m for m in methods if m != "all"]
     methods = check_methods(spec, methods)
     if not seeds:
         raise SplicerError("splicer run needs at least one method and one seed")
+    pair = check_pair_support(spec, methods, explicit)
+    methods = [m for m in methods if m not in pair["skipped"]]
     dist = Distributed.from_env()
+    for method, reason in pair["skipped"].items():
+        if not quiet and dist.is_main:
+            print(f"splicer run: skipping {method}: {reason}", file=sys.stderr, flush=True)
     runtime = Runtime.for_spec(spec, dist)
     root = dist.from_main(experiment_folder(spec.name, out, resume))
     if dist.is_main:
@@ -136,6 +147,7 @@ def run_experiment(
             seeded, root / f"seed{seed}", methods, resume, quiet, runtime, data, anchors, teachers
         )
     report = build_report(spec, methods, seeds, results, teachers)
+    report.update(pair)
     report["folder"] = str(root)
     if not dist.is_main:
         return report
@@ -148,6 +160,45 @@ def run_experiment(
         f"{spec.name}: students from the standard vs the SFTN teacher (seed {seeds[0]})",
     )
     return report
+
+
+def check_pair_support(spec: Spec, methods: list[str], explicit: list[str]) -> dict[str, Any]:
+    """Which methods can read this pair's block ends, checked on freshly built networks before any training.
+
+    Returns ``skipped`` (method: reason) for the methods that cannot, ``block_ends`` (each block end of
+    teacher and student as a map and as a global vector) and ``features`` (per method that reads features:
+    the form it reads and its size rule). A method named in ``explicit`` that cannot is an error.
+    """
+    import torch
+
+    from splicer.assembly.build import build, build_student
+
+    if not any(METHODS[m].needs_features or METHODS[m].needs_preactivations for m in methods):
+        return {"skipped": {}, "block_ends": [], "features": {}}  # logit methods read every pair
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights; the runs' streams stay as they were
+        teacher, student = build(spec, verify=False).teacher, build_student(spec)
+    skipped: dict[str, str] = {}
+    features: dict[str, Any] = {}
+    for method in methods:
+        try:
+            loss_method = method_for_pair(spec, method, teacher, student)
+        except UnsupportedPairError as exc:
+            if method in explicit:
+                raise UnsupportedPairError(f"--methods {method}: {exc}; leave it out (--methods all skips it)") from None
+            skipped[method] = str(exc)
+            continue
+        report = feature_report(loss_method, teacher, student, spec)
+        if report is not None:
+            features[method] = {"reads": report["reads"], "size_rule": report["size_rule"]}
+    block_ends = []
+    shapes = [block_shapes(network, spec) for network in (teacher, student)]
+    for k in range(len(teacher.blocks)):
+        entry = {}
+        for role, network, shape in (("teacher", teacher, shapes[0][k]), ("student", student, shapes[1][k])):
+            entry[f"{role}_map"] = describe_as_map(network.layouts[k], shape)
+            entry[f"{role}_vector"] = describe_as_vector(network.layouts[k], shape)
+        block_ends.append(entry)
+    return {"skipped": skipped, "block_ends": block_ends, "features": features}
 
 
 def experiment_folder(name: str, out: Path | None, resume: bool) -> Path:
@@ -519,6 +570,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         kl = [cell(row[kind]["kl"] if row[kind] else None) for kind in teachers]
         cka = [cell(row[kind]["cka"] if row[kind] else None) for kind in teachers]
         lines.append(f"| {method_title(method)} | {' | '.join(kl)} | {' | '.join(cka)} |")
+    lines += _feature_lines(report)
     lines += ["", "## Runs", ""]
     for seed, runs in report["runs"].items():
         lines.append(f"- seed {seed}: " + ", ".join(f"{key} `{path}`" for key, path in runs.items()))
@@ -528,6 +580,28 @@ def render_markdown(report: dict[str, Any]) -> str:
             + ", ".join(f"{key} `{entry['run']}/{ERROR_FILE}`" for key, entry in failed.items())
         )
     return "\n".join(lines) + "\n"
+
+
+def _feature_lines(report: dict[str, Any]) -> list[str]:
+    """The skipped methods with their reasons, the block ends as the methods read them, and each method's size rule."""
+    lines: list[str] = []
+    if report.get("skipped"):
+        lines += ["", "## Skipped methods", "", "These methods cannot read this pair's block ends and were not run:", ""]
+        lines += [f"- {method_title(m)}: {_one_line(reason, 600)}" for m, reason in report["skipped"].items()]
+    if report.get("features"):
+        lines += [
+            "",
+            "## How the feature methods read the block ends",
+            "",
+            "| Block | Teacher as map | Teacher as vector | Student as map | Student as vector |",
+            "|:--|:--|:--|:--|:--|",
+        ]
+        for k, end in enumerate(report.get("block_ends", []), start=1):
+            cells = [end[f"{role}_{form}"] for role in ("teacher", "student") for form in ("map", "vector")]
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines += [f"- {method_title(m)}: {f['reads']}; {f['size_rule']}" for m, f in report["features"].items()]
+    return lines
 
 
 def _one_line(text: str, limit: int = 300) -> str:

@@ -21,6 +21,7 @@ from splicer.assembly.tapped import TappedBlockNet
 from splicer.data import build_data
 from splicer.errors import SplicerError
 from splicer.spec import Spec
+from splicer.synthesis.layouts import describe_as_map, describe_as_vector
 from splicer.training.checkpoint import (
     TEACHER_KINDS,
     load_checkpoint,
@@ -32,7 +33,7 @@ from splicer.training.checkpoint import (
 from splicer.training.distributed import Distributed
 from splicer.training.engine import LossFn, Runtime, Stage, fit, seed_everything
 from splicer.training.methods import METHODS, DistillMethod, create_method
-from splicer.training.methods.base import method_options
+from splicer.training.methods.base import FeatureForm, adapt_features, block_features, block_layouts, method_options
 from splicer.training.phases import train_phases
 from splicer.training.runs import RunDir, open_run
 from splicer.training.stage1 import cross_entropy_loss
@@ -70,14 +71,7 @@ def distill(
     student = build_student(spec)
     teacher_net = network_from_checkpoint(checkpoint, teacher_path, spec)
     teacher_net.requires_grad_(False)
-    loss_method = create_method(method, spec.distill, block_shapes(teacher_net, spec), block_shapes(student, spec))
-    if loss_method.needs_features or loss_method.needs_preactivations:
-        teacher_net.check_feature_maps("teacher", method)
-        student.check_feature_maps("student", method)
-    if loss_method.needs_preactivations:  # before the run folder exists: a block end without a ReLU is a spec error
-        teacher_net.check_preactivations("teacher", method)
-        student.check_preactivations("student", method)
-    loss_method.prepare(teacher_net)
+    loss_method = method_for_pair(spec, method, teacher_net, student)  # before the run folder exists
     run = open_run(spec.name, f"distill-{method}-{kind}", out, resume)
     digest = weights_digest(teacher_state(checkpoint))
     if resume:
@@ -94,7 +88,13 @@ def distill(
         kl_term="kd",
         extra={"method": loss_method},
         frozen=[teacher_net],
-        meta={"method": method, "teacher": str(teacher_path), "teacher_digest": digest, "teacher_kind": kind},
+        meta={
+            "method": method,
+            "teacher": str(teacher_path),
+            "teacher_digest": digest,
+            "teacher_kind": kind,
+            "features": feature_report(loss_method, teacher_net, student, spec),
+        },
         epoch_hooks=[loss_method.set_epoch],
     )
     data = build_data(
@@ -136,19 +136,29 @@ def check_distill(
     return teacher_path, checkpoint
 
 
+def method_for_pair(spec: Spec, method: str, teacher: TappedBlockNet, student: TappedBlockNet) -> DistillMethod:
+    """The method ``method`` built for this teacher and student, checked and prepared on the teacher.
+
+    Raises :class:`~splicer.errors.UnsupportedPairError` where the method cannot read their block ends
+    (``splicer run --methods all`` then skips it), other SplicerErrors for a wrong spec.
+    """
+    form = METHODS[method].reads if method in METHODS else "maps"  # an unknown name: create_method says so
+    shapes = [block_shapes(network, spec, form) for network in (teacher, student)]
+    loss_method = create_method(method, spec.distill, *shapes)
+    loss_method.check_pair(method, teacher, student)
+    loss_method.prepare(teacher)
+    return loss_method
+
+
 def distill_loss(student: TappedBlockNet, teacher: TappedBlockNet, method: DistillMethod) -> LossFn:
     """The method's weighted terms; the teacher runs without autograd, block features (block outputs, or
-    pre-activations for methods with ``needs_preactivations``) only when needed."""
+    pre-activations for methods with ``needs_preactivations``, in the form the method reads) only when needed."""
 
     def loss(images: Tensor, labels: Tensor, indices: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
-        if method.needs_preactivations:
+        if method.needs_features or method.needs_preactivations:
             with torch.no_grad():
-                _, t_features, t_logits = teacher.forward_preactivations(images)
-            _, s_features, s_logits = student.forward_preactivations(images)
-        elif method.needs_features:
-            with torch.no_grad():
-                t_features, t_logits = teacher.forward_features(images)
-            s_features, s_logits = student.forward_features(images)
+                t_features, t_logits = block_features(method, teacher, images)
+            s_features, s_logits = block_features(method, student, images)
         else:
             with torch.no_grad():
                 t_logits = teacher(images)
@@ -162,14 +172,38 @@ def distill_loss(student: TappedBlockNet, teacher: TappedBlockNet, method: Disti
     return loss
 
 
-def block_shapes(network: BlockNet, spec: Spec) -> list[tuple[int, int, int]]:
-    """(C, H, W) of each block output, from one forward pass of a blank image in eval mode."""
+def block_shapes(network: BlockNet, spec: Spec, form: FeatureForm = "maps") -> list[tuple[int, ...]]:
+    """Per-sample shape of each block end, from one forward pass of a blank image in eval mode: (C, H, W) of
+    its NCHW map for methods reading maps or vectors (a vector has the map's C), the network's own for "native"."""
     was_training = network.training
     network.eval()
     with torch.no_grad():
         features, _ = network.forward_features(torch.zeros(1, *spec.input_size))
     network.train(was_training)
-    return [tuple(f.shape[1:]) for f in features]  # type: ignore[misc]
+    if form != "native":
+        features = adapt_features("maps", features, block_layouts(network))
+    return [tuple(f.shape[1:]) for f in features]
+
+
+def feature_report(
+    method: DistillMethod, teacher: TappedBlockNet, student: TappedBlockNet, spec: Spec
+) -> dict[str, Any] | None:
+    """How the block ends reach ``method``, for the run's summary: per block, each network's layout and its
+    adapter, and the method's rule for features of different sizes; None for a method that reads no features."""
+    if not (method.needs_features or method.needs_preactivations):
+        return None
+    describe = describe_as_vector if method.reads == "vectors" else describe_as_map
+    shapes = [block_shapes(network, spec, method.reads) for network in (teacher, student)]
+    blocks = []
+    for k, (t_layout, t_shape, s_layout, s_shape) in enumerate(
+        zip(block_layouts(teacher), shapes[0], block_layouts(student), shapes[1], strict=True), start=1
+    ):
+        if method.reads == "native":
+            blocks.append(f"block {k}: teacher {t_shape}, student {s_shape}, as the networks give them")
+        else:
+            blocks.append(f"block {k}: teacher {describe(t_layout, t_shape)}; student {describe(s_layout, s_shape)}")
+    what = "pre-activations" if method.needs_preactivations else "block outputs"
+    return {"reads": f"{what} as {method.reads}", "blocks": blocks, "size_rule": method.size_rule}
 
 
 def _check_same_teacher(spec: Spec, checkpoint: dict[str, Any], path: Path) -> None:

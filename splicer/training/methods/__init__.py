@@ -73,6 +73,34 @@ CRD samples its negatives from other classes, as the authors' ``--mode exact``, 
 replacement up to 100k training images (their CIFAR code) and with replacement above (their
 ImageNet code).
 
+Layouts. Every block end reaches a method through :func:`~splicer.training.methods.base.block_features`,
+in the form the method's ``reads`` declares, by one adapter per layout
+(:mod:`splicer.synthesis.layouts`, the one the SFTN's transforms use): "maps" gives NCHW maps
+(tokens: prefix tokens dropped and the patch grid restored, pooled-token stages on their own
+grid; NHWC: permuted), "vectors" one (B, C) vector per image, the one the head would pool (the
+class token where a token sequence has prefix tokens, else the mean over the map's positions),
+"native" the networks' own tensors. So the layout of a pair never refuses a method; only OH and
+AB, which read pre-activations, need a final ReLU at every block end of both networks:
+
+===========  ===================================  =====================================================
+method       reads                                layout pairs (teacher -> student)
+===========  ===================================  =====================================================
+kd, dkd      logits only                          any
+fitnets      maps (hint block)                    any: NCHW, NHWC, tokens, pooled tokens, in any pairing
+at, vid      maps (every block end)               any
+sp, ft       maps (last block end)                any
+rkd, pkt     vectors (last block end)             any
+crd, sskd    vectors (last block end)             any (sskd: square images, it rotates them)
+oh, ab       pre-ReLU maps (every block end)      block ends that end in a ReLU on both sides (CNNs);
+                                                  refused (UnsupportedPairError) naming the block end
+===========  ===================================  =====================================================
+
+Where teacher and student maps differ in size, each method's ``size_rule`` applies (FitNets'
+regressor and OH's/AB's connectors resize the student's map to the teacher's; AT, VID and FT
+pool the larger map to the smaller's; SP, RKD, PKT, CRD and SSKD compare batch relations or
+embeddings and need no resizing); :func:`splicer.training.stage2.feature_report` writes the
+layouts, adapters and rule into each run's summary (``meta.features``).
+
 Methods with ``needs_preactivations`` (OH, AB) receive each block end's value before its final
 ReLU instead of the block output; the compiler finds it in the traced graph
 (:mod:`splicer.trace.preactivation`), and ``prepare(teacher)`` lets a method read the

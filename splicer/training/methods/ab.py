@@ -34,7 +34,16 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from splicer.assembly.tapped import TappedBlockNet
-from splicer.training.methods.base import FeatureMethod, MethodOptions, Phase, Shape, phase_epochs, register_method
+from splicer.training.methods.base import (
+    RESIZE,
+    FeatureMethod,
+    MethodOptions,
+    Phase,
+    Shape,
+    block_features,
+    phase_epochs,
+    register_method,
+)
 from splicer.training.methods.oh import Connector
 
 if TYPE_CHECKING:
@@ -71,6 +80,9 @@ class AB(FeatureMethod):
 
     needs_preactivations: ClassVar[bool] = True
     default_feature_weight: ClassVar[float] = 0.0
+    size_rule: ClassVar[str] = (
+        f"every block's pre-ReLU map; connector: identity for equal shapes, else {RESIZE}, then 1x1 conv + BN"
+    )
     Options = ABOptions
 
     def build(self, teacher_shapes: list[Shape], student_shapes: list[Shape]) -> None:
@@ -103,8 +115,8 @@ class AB(FeatureMethod):
 
         def boundary_loss(images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], None]:
             with torch.no_grad():
-                _, teacher_pre, _ = teacher.forward_preactivations(images)
-            _, student_pre, _ = student.forward_preactivations(images)
+                teacher_pre, _ = block_features(self, teacher, images)
+            student_pre, _ = block_features(self, student, images)
             loss = self.feature_loss(student_pre, teacher_pre)
             return {"boundary": loss, "total": loss}, None
 

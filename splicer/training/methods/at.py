@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from splicer.training.methods.base import FeatureMethod, register_method, resize_to
+from splicer.training.methods.base import POOL_LARGER, FeatureMethod, register_method, resize_to
 
 
 def attention_map(feature: Tensor) -> Tensor:
@@ -26,6 +26,7 @@ class AT(FeatureMethod):
     """
 
     default_feature_weight: ClassVar[float] = 1000.0
+    size_rule: ClassVar[str] = f"every block; {POOL_LARGER}, then each map's attention map"
 
     def feature_loss(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> Tensor:
         losses = []

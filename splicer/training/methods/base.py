@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,16 +28,23 @@ from torch import Tensor, nn
 
 from splicer.errors import SplicerError, did_you_mean
 from splicer.spec.schema import DistillSpec
+from splicer.synthesis.layouts import as_map, as_vector
 from splicer.training.distributed import Distributed
 from splicer.training.losses import softened_kl
 
 if TYPE_CHECKING:
     from splicer.data import DataBundle
     from splicer.assembly.modules import BlockNet
+    from splicer.assembly.tapped import TappedBlockNet
+    from splicer.trace.layouts import FeatureLayout
     from splicer.training.engine import LossFn
 
 Shape = tuple[int, int, int]
-"""(C, H, W) of one block output."""
+"""(C, H, W) of one block output, as an NCHW map (``splicer.training.stage2.block_shapes``)."""
+
+FeatureForm = Literal["native", "maps", "vectors"]
+"""How block features reach a method (:attr:`DistillMethod.reads`): as the network gives them, as NCHW
+maps, or as one global vector per image (:mod:`splicer.synthesis.layouts`, ``as_map``/``as_vector``)."""
 
 METHODS: dict[str, type[DistillMethod]] = {}
 
@@ -146,6 +153,11 @@ class DistillMethod(nn.Module):
     yields each image's index in the training split and ``forward`` gets them as ``indices``."""
     needs_preactivations: ClassVar[bool] = False
     """True: the trainer passes each block end's pre-activation (value before its final ReLU) as the features."""
+    reads: ClassVar[FeatureForm] = "native"
+    """The form in which :func:`block_features` delivers every block end, whatever its layout (tokens, NHWC):
+    "maps" (NCHW), "vectors" ((B, C), the vector the head would pool) or "native" (as the network gives them)."""
+    size_rule: ClassVar[str] = ""
+    """How the method pairs teacher and student features of different sizes, written in the run's summary."""
     Options: ClassVar[type[MethodOptions]] = MethodOptions
 
     def __init__(
@@ -177,6 +189,14 @@ class DistillMethod(nn.Module):
 
     def prepare(self, teacher: nn.Module) -> None:
         """Read what the method needs from the frozen teacher (a TappedBlockNet) before training; nothing by default."""
+
+    def check_pair(self, name: str, teacher: TappedBlockNet, student: TappedBlockNet) -> None:
+        """Raise :class:`~splicer.errors.UnsupportedPairError` if this method (registered as ``name``) cannot
+        read these networks' block ends: a method reading pre-activations needs a ReLU at every block end.
+        Every layout (NCHW, NHWC, tokens) is read through :func:`block_features`, so layouts alone never refuse."""
+        if self.needs_preactivations:
+            teacher.check_preactivations("teacher", name)
+            student.check_preactivations("student", name)
 
     def forward(
         self,
@@ -216,9 +236,10 @@ class DistillMethod(nn.Module):
 
 
 class FeatureMethod(DistillMethod):
-    """A method that adds ``feature_weight * feature_loss`` on block outputs."""
+    """A method that adds ``feature_weight * feature_loss`` on block outputs, read as NCHW maps by default."""
 
     needs_features: ClassVar[bool] = True
+    reads: ClassVar[FeatureForm] = "maps"
     default_feature_weight: ClassVar[float]
 
     @property
@@ -244,6 +265,35 @@ def batch_relation_inputs(
     under torchrun they relate every pair of images one process would (see ``Distributed.gather_batch``)."""
     device = features[0].device.type if features else "cpu"
     return torch.autocast(device, enabled=False), [dist.gather_batch(f.float()) for f in features]
+
+
+def adapt_features(form: FeatureForm, features: list[Tensor], layouts: list[FeatureLayout | None]) -> list[Tensor]:
+    """Every block end in ``form``, through the one adapter of its layout (:mod:`splicer.synthesis.layouts`)."""
+    if form == "native":
+        return features
+    adapt = as_map if form == "maps" else as_vector
+    return [adapt(feature, layout) for feature, layout in zip(features, layouts, strict=True)]
+
+
+def block_features(method: DistillMethod, network: BlockNet, images: Tensor) -> tuple[list[Tensor], Tensor]:
+    """The block features ``method`` reads (pre-activations or block outputs, in its :attr:`~DistillMethod.reads`
+    form) and the logits; every place that feeds a method features (the main loss, phases) goes through here."""
+    if method.needs_preactivations:
+        _, features, logits = network.forward_preactivations(images)
+    else:
+        features, logits = network.forward_features(images)
+    return adapt_features(method.reads, features, block_layouts(network)), logits
+
+
+def block_layouts(network: BlockNet) -> list[FeatureLayout | None]:
+    """The traced layout of each block end (None where unknown, as for a plain BlockNet: read as NCHW)."""
+    return list(getattr(network, "layouts", None) or [None] * len(network.blocks))
+
+
+RESIZE = "the student's map is resized to the teacher's H x W (average pooling down, bilinear up)"
+"""The size rule of FitNets' regressor and OH's and AB's connectors (:func:`resize_to`), for run summaries."""
+POOL_LARGER = "the larger map of each pair is average-pooled to the smaller one's H x W"
+"""The size rule of AT, VID and FT (:func:`resize_to` to the smaller size), for run summaries."""
 
 
 def pooled(feature: Tensor) -> Tensor:

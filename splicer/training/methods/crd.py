@@ -29,7 +29,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from splicer.errors import SplicerError
-from splicer.training.methods.base import FeatureMethod, MethodOptions, Shape, kd_loss, register_method
+from splicer.training.methods.base import FeatureForm, FeatureMethod, MethodOptions, Shape, kd_loss, register_method
 
 if TYPE_CHECKING:
     from splicer.data import DataBundle
@@ -96,6 +96,8 @@ class CRD(FeatureMethod):
 
     default_feature_weight: ClassVar[float] = 0.8
     needs_indices: ClassVar[bool] = True
+    reads: ClassVar[FeatureForm] = "vectors"
+    size_rule: ClassVar[str] = "last block's global vectors, each embedded by its own linear layer (embed_dim)"
     rank_synced_buffers: ClassVar[tuple[str, ...]] = (
         "student_memory",
         "teacher_memory",

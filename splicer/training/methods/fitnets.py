@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from splicer.errors import SplicerError
-from splicer.training.methods.base import FeatureMethod, Shape, register_method, resize_to
+from splicer.training.methods.base import RESIZE, FeatureMethod, Shape, register_method, resize_to
 
 
 class HintRegressor(nn.Module):
@@ -33,6 +33,9 @@ class FitNets(FeatureMethod):
     """Romero et al. (2015): MSE between regressor(student hint block) and the teacher's same block."""
 
     default_feature_weight: ClassVar[float] = 100.0
+    size_rule: ClassVar[str] = (
+        f"hint block only; regressor: {RESIZE}, then 1x1 conv + BN to the teacher's channels"
+    )
 
     def build(self, teacher_shapes: list[Shape], student_shapes: list[Shape]) -> None:
         if self.spec.hint_block > len(teacher_shapes):

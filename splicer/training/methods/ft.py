@@ -25,6 +25,7 @@ from splicer.training.methods.base import (
     MethodOptions,
     Phase,
     Shape,
+    block_features,
     phase_epochs,
     register_method,
     resize_to,
@@ -118,6 +119,10 @@ class FT(FeatureMethod):
     """Factor transfer on the last block outputs, after a paraphraser phase; weight 200 as the benchmark."""
 
     default_feature_weight: ClassVar[float] = 200.0
+    size_rule: ClassVar[str] = (
+        "last block; paraphraser (teacher) and translator (student) to factors, the larger factor map "
+        "average-pooled to the smaller one's H x W"
+    )
     Options = FTOptions
 
     def build(self, teacher_shapes: list[Shape], student_shapes: list[Shape]) -> None:
@@ -134,7 +139,7 @@ class FT(FeatureMethod):
     def phases(self, student: BlockNet, teacher: BlockNet, main_epochs: int) -> list[Phase]:
         def reconstruction(images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], None]:
             with torch.no_grad():
-                features, _ = teacher.forward_features(images)
+                features, _ = block_features(self, teacher, images)
             target = features[-1].float()
             loss = F.mse_loss(self.paraphraser(target).float(), target)
             return {"reconstruction": loss, "total": loss}, None

@@ -28,8 +28,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from splicer.errors import SplicerError
-from splicer.training.methods.base import FeatureMethod, Shape, register_method, resize_to
+from splicer.errors import UnsupportedPairError
+from splicer.training.methods.base import RESIZE, FeatureMethod, Shape, register_method, resize_to
 
 RARE_NEGATIVE = 0.001
 """Below this probability of a negative pre-activation the margin is -3 sigma (the authors' cut-off)."""
@@ -75,6 +75,7 @@ class OH(FeatureMethod):
 
     needs_preactivations: ClassVar[bool] = True
     default_feature_weight: ClassVar[float] = 1e-3
+    size_rule: ClassVar[str] = f"every block's pre-ReLU map; connector: {RESIZE}, then 1x1 conv + BN"
 
     def build(self, teacher_shapes: list[Shape], student_shapes: list[Shape]) -> None:
         self.connectors = nn.ModuleList(Connector(s, t) for s, t in zip(student_shapes, teacher_shapes, strict=True))
@@ -89,7 +90,7 @@ class OH(FeatureMethod):
         """Margins from the BatchNorm before each teacher block end's final ReLU."""
         for i, (norm, tap) in enumerate(zip(teacher.preactivation_norms(), teacher.taps, strict=True)):
             if norm is None or getattr(norm, "weight", None) is None:
-                raise SplicerError(
+                raise UnsupportedPairError(
                     f"distill method 'oh' takes its margin from the BatchNorm (with affine weights) before the final "
                     f"ReLU of every teacher block end, but the ReLU of teacher block end {tap.block_end!r} reads "
                     "no such BatchNorm (directly, through identities or through a residual sum); choose another "

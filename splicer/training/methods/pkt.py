@@ -8,7 +8,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from splicer.training.methods.base import FeatureMethod, batch_relation_inputs, pooled, register_method
+from splicer.training.methods.base import (
+    FeatureForm,
+    FeatureMethod,
+    batch_relation_inputs,
+    pooled,
+    register_method,
+)
 
 EPS = 1e-7
 """The authors' eps, in the norms and inside the log."""
@@ -31,6 +37,8 @@ class PKT(FeatureMethod):
     """
 
     default_feature_weight: ClassVar[float] = 30000.0
+    reads: ClassVar[FeatureForm] = "vectors"
+    size_rule: ClassVar[str] = "last block's global vectors; no resizing: only the B x B similarities are compared"
 
     def feature_loss(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> Tensor:
         last = [student_features[-1], teacher_features[-1]]

@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from splicer.training.methods.base import FeatureMethod, MethodOptions, batch_relation_inputs, pooled, register_method
+from splicer.training.methods.base import (
+    FeatureForm,
+    FeatureMethod,
+    MethodOptions,
+    batch_relation_inputs,
+    pooled,
+    register_method,
+)
 
 
 class RKDOptions(MethodOptions):
@@ -44,6 +51,8 @@ class RKD(FeatureMethod):
     """
 
     default_feature_weight: ClassVar[float] = 1.0
+    reads: ClassVar[FeatureForm] = "vectors"
+    size_rule: ClassVar[str] = "last block's global vectors; no resizing: only distances and angles are compared"
     Options = RKDOptions
 
     def feature_terms(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> dict[str, Tensor]:

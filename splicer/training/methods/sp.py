@@ -26,6 +26,7 @@ class SP(FeatureMethod):
     """
 
     default_feature_weight: ClassVar[float] = 3000.0
+    size_rule: ClassVar[str] = "last block; no resizing: only the B x B similarities of the flattened maps are compared"
 
     def feature_loss(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> Tensor:
         last = [student_features[-1], teacher_features[-1]]

@@ -33,9 +33,11 @@ from torch import Tensor, nn
 from splicer.errors import SplicerError
 from splicer.training.methods.base import (
     DistillMethod,
+    FeatureForm,
     MethodOptions,
     Phase,
     Shape,
+    block_features,
     kd_loss,
     phase_epochs,
     register_method,
@@ -65,14 +67,15 @@ class SSKDOptions(MethodOptions):
 
 
 class ProjectionHead(nn.Module):
-    """The authors' self-supervision head: Linear-ReLU-Linear of the feature width, on the pooled feature."""
+    """The authors' self-supervision head: Linear-ReLU-Linear of the feature width, on the global vector
+    (the pooled map of a CNN, :func:`splicer.synthesis.layouts.as_vector` for every layout)."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
 
     def forward(self, feature: Tensor) -> Tensor:
-        return self.mlp(F.adaptive_avg_pool2d(feature, 1).flatten(1))
+        return self.mlp(feature)
 
 
 def rotated(images: Tensor) -> Tensor:
@@ -129,7 +132,9 @@ class SSKD(DistillMethod):
     """SSKD's own objective (CE, KD, transformation KD, similarity KD) after the teacher-head phase."""
 
     Options = SSKDOptions
-    needs_features: ClassVar[bool] = True  # its objective pools the last block's output (NCHW maps only)
+    needs_features: ClassVar[bool] = True  # its heads read the last block end's global vector
+    reads: ClassVar[FeatureForm] = "vectors"
+    size_rule: ClassVar[str] = "last block's global vectors, each through its own projection head"
 
     def build(self, teacher_shapes: list[Shape], student_shapes: list[Shape]) -> None:
         self.teacher_head = ProjectionHead(teacher_shapes[-1][0])
@@ -184,8 +189,8 @@ class SSKD(DistillMethod):
         def loss(images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
             stacked = rotated(images)
             with torch.no_grad():
-                teacher_features, teacher_logits = teacher.forward_features(stacked)
-            student_features, student_logits = student.forward_features(stacked)
+                teacher_features, teacher_logits = block_features(self, teacher, stacked)
+            student_features, student_logits = block_features(self, student, stacked)
             terms = self(student_logits.float(), teacher_logits.float(), student_features, teacher_features, labels)
             return terms, student_logits[: len(labels)]
 
@@ -194,7 +199,7 @@ class SSKD(DistillMethod):
     def phases(self, student: BlockNet, teacher: BlockNet, main_epochs: int) -> list[Phase]:
         def head_loss(images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], None]:
             with torch.no_grad():
-                features, _ = teacher.forward_features(rotated(images))
+                features, _ = block_features(self, teacher, rotated(images))
             representations = self.dist.gather_batch(self.teacher_head(features[-1]), ROTATIONS)
             batch = len(representations) // ROTATIONS
             scores = similarity(representations, batch)

@@ -11,7 +11,14 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from splicer.training.methods.base import FeatureMethod, MethodOptions, Shape, register_method, resize_to
+from splicer.training.methods.base import (
+    POOL_LARGER,
+    FeatureMethod,
+    MethodOptions,
+    Shape,
+    register_method,
+    resize_to,
+)
 
 
 class VIDOptions(MethodOptions):
@@ -61,6 +68,7 @@ class VID(FeatureMethod):
     """
 
     default_feature_weight: ClassVar[float] = 1.0
+    size_rule: ClassVar[str] = f"every block; {POOL_LARGER}; 1x1 convs to the teacher's channels"
     Options = VIDOptions
 
     def build(self, teacher_shapes: list[Shape], student_shapes: list[Shape]) -> None:
