@@ -228,7 +228,14 @@ def block_net(plan: NetworkPlan) -> TappedBlockNet:
     blocks = plan.parts[:-1]
     taps = find_preactivations(plan.traced, plan.cut_points, plan.block_ends, blocks)
     layouts = [c.layout.describe() if c.layout is not None and c.layout.kind != "nchw" else "" for c in plan.block_ends]
-    return TappedBlockNet(blocks, plan.parts[-1], clone_inputs=_clone_flags(blocks), taps=taps, layouts=layouts)
+    return TappedBlockNet(
+        blocks,
+        plan.parts[-1],
+        clone_inputs=_clone_flags(blocks),
+        taps=taps,
+        layouts=layouts,
+        feature_layouts=plan.block_layouts,
+    )
 
 
 def verify_build(result: BuildResult) -> float:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from splicer.errors import SplicerError
 from splicer.assembly.modules import BlockNet
+from splicer.trace.layouts import FeatureLayout
 from splicer.trace.preactivation import PreActivationTap, TappedForward, tapped_forward
 
 
@@ -27,9 +28,11 @@ class TappedBlockNet(BlockNet):
         clone_inputs: list[bool] | None = None,
         taps: list[PreActivationTap] | None = None,
         layouts: list[str] | None = None,
+        feature_layouts: list[FeatureLayout] | None = None,
     ) -> None:
         super().__init__(blocks, head, clone_inputs)
         self.layouts = list(layouts or [])  # per block end: "" for an NCHW map, else its layout (tokens, NHWC)
+        self.feature_layouts = list(feature_layouts) if feature_layouts is not None else None  # for any_layout methods
         if taps is not None and len(taps) != len(blocks):
             raise ValueError(f"{len(blocks)} blocks need {len(blocks)} taps, got {len(taps)}")
         self.taps: list[PreActivationTap] = list(taps or [])

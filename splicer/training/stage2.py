@@ -78,8 +78,16 @@ def distill(
     student = build_student(spec)
     teacher_net = network_from_checkpoint(checkpoint, teacher_path, spec)
     teacher_net.requires_grad_(False)
-    loss_method = create_method(method, spec.distill, block_shapes(teacher_net, spec), block_shapes(student, spec))
-    if loss_method.needs_features or loss_method.needs_preactivations:
+    loss_method = create_method(
+        method,
+        spec.distill,
+        block_shapes(teacher_net, spec),
+        block_shapes(student, spec),
+        teacher_layouts=teacher_net.feature_layouts,
+        student_layouts=student.feature_layouts,
+        num_classes=spec.num_classes,
+    )
+    if (loss_method.needs_features or loss_method.needs_preactivations) and not loss_method.any_layout:
         teacher_net.check_feature_maps("teacher", method)
         student.check_feature_maps("student", method)
     if loss_method.needs_preactivations:  # before the run folder exists: a block end without a ReLU is a spec error
