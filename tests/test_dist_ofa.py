@@ -156,13 +156,18 @@ def test_ofa_terms_match_a_loop_over_images_and_classes(options: dict):
 # ---- OFA projectors and one step ----------------------------------------------------------------
 
 
-def test_token_projectors_merge_to_the_authors_grid_and_read_the_class_token():
-    assert [merge_count(g) for g in [(14, 14), (56, 56), (8, 8), (4, 4), (28, 14), (14, 7), (28, 28)]] == [1, 3, 0, 0, 1, 0, 2]
+def test_token_projectors_merge_to_the_authors_grid_and_train_every_module():
+    grids = [(14, 14), (56, 56), (8, 8), (4, 4), (28, 14), (14, 7), (28, 28)]
+    assert [merge_count(grid) for grid in grids] == [1, 3, 0, 0, 1, 0, 2]  # down to 7x7, never an odd side
     vit = TokenProjector(FeatureLayout("tokens", 48, (14, 14), 1), width=64, depth=2, heads=4, num_classes=10)
     assert sum(isinstance(m, PatchMerging) for m in vit.modules()) == 1 and len(vit.blocks) == 2
-    assert vit(torch.randn(2, 1 + 14 * 14, 48)).shape == (2, 10)
     swin = TokenProjector(FeatureLayout("nhwc", 16, (8, 8)), width=32, depth=1, heads=4, num_classes=5)
-    assert swin(torch.randn(2, 8, 8, 16)).shape == (2, 5)  # channels-last map read as 64 tokens
+    logits = vit(torch.randn(2, 1 + 14 * 14, 48))
+    assert logits.shape == (2, 10)
+    swin_logits = swin(torch.randn(2, 8, 8, 16))  # a channels-last map read as 64 tokens
+    assert swin_logits.shape == (2, 5)
+    (logits.sum() + swin_logits.sum()).backward()  # no module that the tokens skip
+    assert all(p.grad is not None for p in [*vit.parameters(), *swin.parameters()])
 
 
 @pytest.mark.parametrize("student", [None, VIT_STUDENT], ids=["cnn-to-cnn", "cnn-to-vit"])

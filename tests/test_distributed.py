@@ -41,6 +41,8 @@ PLAIN = {
     # 37 test images: not divisible by 2 processes
     "data": {"dataset": "synthetic", "synthetic_train": 64, "synthetic_test": 37},
     "train": {"epochs": 2, "batch_size": 16, "lr": 0.2, "milestones": [1], "device": "cpu"},
+    # OFA's projector of the last block is a 1x1 conv (no BatchNorm): one process and two compute the same
+    "distill": {"options": {"ofa": {"stages": [2]}}},
 }
 
 
@@ -103,9 +105,9 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-METHODS = "kd,at,sp,rkd,pkt,crd,ft,sskd,ab"
-"""Distilled in both ``plain_runs``: per-image losses, batch relations (SP, RKD, PKT), CRD's banks, SSKD's
-in-batch terms, methods with phases."""
+METHODS = "kd,at,sp,rkd,pkt,crd,ft,sskd,ab,dist,ofa"
+"""Distilled in both ``plain_runs``: per-image losses, batch relations (SP, RKD, PKT, DIST's intra-class
+relation), CRD's banks, SSKD's in-batch terms, methods with phases, a method with its own modules (OFA)."""
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +132,7 @@ def plain_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     "run",
     ["standard", "student"]
-    + [f"{method}-from-standard" for method in ("kd", "at", "crd", "sskd")],
+    + [f"{method}-from-standard" for method in ("kd", "at", "crd", "sskd", "dist", "ofa")],
 )
 def test_two_processes_reach_the_weights_of_one_process(plain_runs: Path, run: str):
     one, two = plain_runs / "one" / "seed0" / run, plain_runs / "two" / "seed0" / run

@@ -32,7 +32,10 @@ defaults of ``train.py``. The projectors, per student layout:
 Defaults: ``stages`` every block (the authors' 1 2 3 4 of four stages), ``eps`` 1.0 (their
 CIFAR-100 command; 1.5 in their ImageNet command), temperature 1, every weight 1. Their
 recipes also smooth the labels by 0.1 (``smoothing``), a training setting splicer's CE does
-not apply. The projectors are trained with the student and saved in its checkpoint.
+not apply. The projectors are trained with the student and saved in its checkpoint; under
+torchrun they are wrapped with it in DistributedDataParallel, and the BatchNorms of the map
+projectors' SepConvs normalise with each process's share of the batch (as the authors' code without
+``--sync-bn``; ``train.sync_bn`` synchronises them).
 """
 
 from __future__ import annotations
@@ -156,7 +159,8 @@ class TokenProjector(nn.Module):
         self.channels_last = layout.kind == "nhwc"
         self.prefix = layout.prefix_tokens
         merges, grid, channels = merge_count(layout.grid), layout.grid, layout.channels
-        self.align = nn.Linear(channels, width) if channels != width else nn.Identity()
+        aligned = channels != width and (self.prefix > 0 or merges == 0)  # the tokens that skip the mergers
+        self.align = nn.Linear(channels, width) if aligned else nn.Identity()
         mergers: list[nn.Module] = []
         for k in range(merges):
             mergers.append(PatchMerging(grid, channels if k == 0 else width, width, activation=k < merges - 1))
