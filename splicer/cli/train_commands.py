@@ -128,7 +128,7 @@ def distill(
         str,
         typer.Option(
             "--method",
-            help="Distillation method, e.g. kd, at, dkd, ft, sskd (every method: README, section Training).",
+            help="Distillation method, e.g. kd, at, dkd, dist, ofa, ft, sskd (every method: README, section Training).",
             show_default=False,
         ),
     ],
