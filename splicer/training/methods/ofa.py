@@ -192,9 +192,10 @@ def init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def as_maps(shapes: list[Shape]) -> list[FeatureLayout]:
-    """The layouts of block ends given only as (C, H, W) shapes: NCHW maps."""
-    return [FeatureLayout("nchw", shape[0], (shape[1], shape[2])) for shape in shapes]
+def known_layouts(layouts: list[FeatureLayout | None] | None, shapes: list[Shape]) -> list[FeatureLayout]:
+    """Each block end's layout; one that is not known (no layouts given, or None) is an NCHW map of its (C, H, W)."""
+    given = layouts if layouts is not None else [None] * len(shapes)
+    return [layout or FeatureLayout("nchw", shape[0], (shape[1], shape[2])) for layout, shape in zip(given, shapes)]
 
 
 @register_method("ofa")
@@ -208,8 +209,8 @@ class OFA(DistillMethod):
     def build(self, teacher_shapes: list[Shape], student_shapes: list[Shape]) -> None:
         if self.num_classes is None:
             raise ValueError("OFA needs num_classes to build its projectors")
-        student = self.student_layouts or as_maps(student_shapes)
-        teacher = self.teacher_layouts or as_maps(teacher_shapes)
+        student = known_layouts(self.student_layouts, student_shapes)
+        teacher = known_layouts(self.teacher_layouts, teacher_shapes)
         blocks = len(student)
         self.stages = list(self.options.stages or range(1, blocks + 1))
         bad = [stage for stage in self.stages if stage > blocks]
