@@ -409,4 +409,11 @@ def _summary(
         "wall_seconds": sum(r["seconds"] for r in records),
         "step_seconds_median": statistics.median(r["step_seconds"] for r in records) if records else None,
         "img_per_s_median": statistics.median(r["img_per_s"] for r in records) if records else None,
+        "data": data_facts(data),
     }
+
+
+def data_facts(data: DataBundle) -> dict[str, Any]:
+    """What a network trained on ``data`` expects of its input, for `splicer export`: images in [0, 1] are
+    normalised with this mean and std per channel; output k is class ``classes[k]``."""
+    return {"mean": list(data.mean), "std": list(data.std), "classes": list(data.class_names)}
