@@ -15,6 +15,12 @@ import typer
 if TYPE_CHECKING:
     from splicer.spec import Spec
 
+# The registered distillation methods, for --help without importing torch; tests/test_mistakes_input.py
+# checks that this is splicer.training.methods.METHODS.
+METHOD_NAMES = (
+    "ab", "at", "crd", "dist", "dkd", "fitnets", "ft", "kd", "ofa", "oh", "pkt", "rkd", "sp", "sskd", "vid"
+)
+
 SpecArg = Annotated[Path, typer.Argument(help="Spec file (YAML).", show_default=False)]
 EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Override train.epochs.", show_default=False)]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Override train.batch_size.", show_default=False)]
@@ -132,7 +138,7 @@ def distill(
         str,
         typer.Option(
             "--method",
-            help="Distillation method, e.g. kd, at, dkd, dist, ofa, ft, sskd (every method: README, section Training).",
+            help=f"Distillation method: {', '.join(METHOD_NAMES)} (README, section Training, says what each does).",
             show_default=False,
         ),
     ],
@@ -261,6 +267,7 @@ def run(
     """Train standard and SFTN teachers, the student alone and distilled from each; report them side by side."""
     _launch(nproc, "run")
     from splicer.errors import SplicerError
+    from splicer.training.experiment import check_method_names
     from splicer.training.online import BASELINES
 
     resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device)
@@ -269,6 +276,7 @@ def run(
 
         resolved = scale_schedule(resolved, schedule_scale)
     requested = _split(methods) if methods is not None else list(resolved.distill.methods)
+    check_method_names(requested, f"--methods {methods}" if methods is not None else f"{spec}: distill.methods")
     baselines = [m for m in requested if m in BASELINES]
     method_list = [m for m in requested if m not in BASELINES] or (["kd"] if baselines else [])
     try:

@@ -50,7 +50,10 @@ class NetworkSpec(_Strict):
                 f"model reference {value!r} needs the form SOURCE:NAME with SOURCE one of {', '.join(MODEL_SOURCES)}"
             )
         if source not in MODEL_SOURCES:
-            raise ValueError(f"unknown model source {source!r}; valid sources: {', '.join(MODEL_SOURCES)}")
+            from splicer.errors import did_you_mean
+
+            hint = did_you_mean(source, MODEL_SOURCES) or ";"
+            raise ValueError(f"unknown model source {source!r}{hint} valid sources: {', '.join(MODEL_SOURCES)}")
         return value
 
     @field_validator("blocks")

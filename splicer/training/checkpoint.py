@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from splicer.errors import SplicerError
+from splicer.files import unreadable_checkpoint
 
 if TYPE_CHECKING:
     from torch import nn
@@ -57,7 +58,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: torch raises many different types
-        raise SplicerError(f"{path}: not a readable splicer checkpoint ({type(exc).__name__}: {exc})") from None
+        raise unreadable_checkpoint(path, exc, "a splicer checkpoint (.pt)") from None
     if not isinstance(state, dict) or "kind" not in state or "model" not in state:
         raise SplicerError(f"{path}: not a splicer training checkpoint (no 'kind' and 'model' entries)")
     return state

@@ -55,6 +55,23 @@ def expand_methods(methods: list[str]) -> list[str]:
     return list(dict.fromkeys(expanded))
 
 
+def check_method_names(names: list[str], where: str) -> None:
+    """Refuse a name that is neither a distillation method, a baseline nor ``all``, before anything trains;
+    ``where`` is what the user wrote it in (``--methods``, ``distill.methods``)."""
+    from splicer.errors import did_you_mean
+    from splicer.training.online import BASELINES
+
+    valid = ["all", *sorted(METHODS), *BASELINES]
+    for name in names:
+        if name not in valid:
+            raise SplicerError(
+                f"{where}: unknown method {name!r}{did_you_mean(name, valid) or '.'} Valid: {', '.join(valid)} "
+                "(distillation methods, then the baselines)"
+            )
+    if not names:
+        raise SplicerError(f"{where}: no method given; e.g. kd,at or all")
+
+
 def run_experiment(
     spec: Spec,
     methods: list[str],
@@ -71,9 +88,8 @@ def run_experiment(
     methods = expand_methods(methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise SplicerError(
-            f"unknown distillation method(s) {', '.join(unknown)}; valid: all, {', '.join(sorted(METHODS))}"
-        )
+        check_method_names(unknown, "methods")  # a misspelt name: its message with suggestions
+        raise SplicerError(f"run_experiment: {', '.join(unknown)} are baselines; train them with train_baseline")
     if not methods or not seeds:
         raise SplicerError("splicer run needs at least one method and one seed")
     for method in methods:  # a typo in distill.options fails now, not after the teachers have trained

@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 from splicer.errors import SplicerError, did_you_mean
 from splicer.spec import DataSpec
+from splicer.spec.loader import load_yaml_mapping
 
 
 class ProbeData(BaseModel):
@@ -46,14 +46,9 @@ class ProbeData(BaseModel):
 def load_probe_data(path: str | Path) -> ProbeData:
     """Read and validate a probe data file; errors name the file, the field and the valid fields."""
     path = Path(path)
-    if not path.is_file():
-        raise SplicerError(f"--data {path}: no such file (a YAML file with num_classes: and data:)")
+    raw = load_yaml_mapping(path, "a probe data file (YAML text)", "num_classes:, data:")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SplicerError(f"{path}: not valid YAML: {exc}") from None
-    try:
-        return ProbeData.model_validate(raw if raw is not None else {})
+        return ProbeData.model_validate(raw)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -62,6 +62,13 @@ def distill(
 ) -> dict[str, Any]:
     """Distil a fresh student of ``spec`` from the teacher run (or checkpoint) ``teacher``; returns the run summary."""
     if method not in METHODS:
+        from splicer.training.online import BASELINES
+
+        if method in (*BASELINES, "all"):
+            raise SplicerError(
+                f"--method {method}: distill trains one student with one distillation method; "
+                f"{'every method' if method == 'all' else 'the baselines'} run with `splicer run SPEC --methods {method}`"
+            )
         create_method(method, spec.distill, [], [])  # raises the registry's message with suggestions
     teacher_path = resolve_checkpoint(teacher, "last")
     checkpoint = load_checkpoint(teacher_path)
