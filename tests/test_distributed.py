@@ -21,12 +21,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import yaml
 
 from splicer.spec import load_spec
+from splicer.spec.schema import DistillSpec
+from splicer.training.methods import create_method
 from tests.conftest import REPO, toy_spec
 from tests.test_loggers import assert_same_series, jsonl_scalars, tensorboard_scalars
 
@@ -42,6 +45,8 @@ PLAIN = {
     # 37 test images: not divisible by 2 processes
     "data": {"dataset": "synthetic", "synthetic_train": 64, "synthetic_test": 37},
     "train": {"epochs": 2, "batch_size": 16, "lr": 0.2, "milestones": [1], "device": "cpu"},
+    # OFA's projector of the last block is a 1x1 conv (no BatchNorm): one process and two compute the same
+    "distill": {"options": {"ofa": {"stages": [2]}}},
 }
 
 
@@ -104,9 +109,9 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-METHODS = "kd,at,sp,rkd,pkt,crd,ft,sskd,ab"
+METHODS = "kd,at,sp,rkd,pkt,crd,ft,sskd,ab,ofa"
 """Distilled in both ``plain_runs``: per-image losses, batch relations (SP, RKD, PKT), CRD's banks, SSKD's
-in-batch terms, methods with phases."""
+in-batch terms, methods with phases, a method with modules of its own that predict classes (OFA)."""
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +136,7 @@ def plain_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     "run",
     ["standard", "student"]
-    + [f"{method}-from-standard" for method in ("kd", "at", "crd", "sskd")],
+    + [f"{method}-from-standard" for method in ("kd", "at", "crd", "sskd", "ofa")],
 )
 def test_two_processes_reach_the_weights_of_one_process(plain_runs: Path, run: str):
     one, two = plain_runs / "one" / "seed0" / run, plain_runs / "two" / "seed0" / run
@@ -376,3 +381,48 @@ def test_a_failure_on_one_rank_stops_every_rank_with_its_message(tmp_path: Path,
     assert message in done.stdout + done.stderr
     assert time.monotonic() - started < LAUNCH_TIMEOUT
     assert not (tmp_path / "failing" / "last.pt").exists()  # failed in epoch 1: no checkpoint written
+
+
+def _dist_step(rank: int, port: int, gradients: Any) -> None:
+    """One DDP step of DIST on rank ``rank``'s half of a fixed batch; rank 0 reports the weight's gradient."""
+    import torch.distributed as td
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo")
+    td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        model, images, teacher_logits, labels = _dist_problem()
+        method = create_method("dist", DistillSpec(), [], [])  # reads RANK/WORLD_SIZE: gathers the global batch
+        share = slice(4 * rank, 4 * rank + 4)
+        step = torch.nn.parallel.DistributedDataParallel(model)
+        method(step(images[share]), teacher_logits[share], [], [], labels[share])["total"].backward()
+        if rank == 0:
+            gradients.put(model.weight.grad.clone())
+    finally:
+        td.destroy_process_group()
+
+
+def _dist_problem() -> tuple[torch.nn.Linear, torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    return torch.nn.Linear(6, 5), torch.randn(8, 6), torch.randn(8, 5) * 3, torch.randint(0, 5, (8,))
+
+
+def test_dist_under_two_processes_takes_the_one_process_step():
+    """DIST's intra-class relation spans the batch: each rank gathers the global batch, so a DDP step on two
+    halves has the one-process gradient. (On the plain network of ``plain_runs`` DIST's Pearson correlations of
+    near-uniform predictions magnify rounding over the epochs, so whole runs are not compared.)"""
+    import torch.multiprocessing as mp
+
+    model, images, teacher_logits, labels = _dist_problem()
+    method = create_method("dist", DistillSpec(), [], [])
+    method(model(images), teacher_logits, [], [], labels)["total"].backward()
+    context = mp.get_context("spawn")
+    gradients = context.Queue()
+    port = free_port()
+    workers = [context.Process(target=_dist_step, args=(rank, port, gradients)) for rank in range(2)]
+    for worker in workers:
+        worker.start()
+    two = gradients.get(timeout=LAUNCH_TIMEOUT)
+    for worker in workers:
+        worker.join(timeout=60)
+    assert torch.allclose(two, model.weight.grad, rtol=1e-5, atol=1e-6)
+

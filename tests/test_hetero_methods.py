@@ -44,9 +44,9 @@ SWIN = {
 }
 CNN = {"model": "cifar:resnet8", "blocks": "auto"}
 PAIRS = {"vit-cnn": (VIT, CNN), "cnn-vit": (CNN, VIT), "swin-cnn": (SWIN, CNN), "vit-vit": (VIT, VIT_FINE)}
-FEATURE_METHODS = ["fitnets", "at", "sp", "vid", "rkd", "pkt", "ft", "crd", "sskd"]
+FEATURE_METHODS = ["fitnets", "at", "sp", "vid", "rkd", "pkt", "ft", "crd", "sskd", "ofa"]
 PRE_RELU_METHODS = ["oh", "ab"]
-FEATURE_TERMS = {"rkd": {"distance", "angle"}, "sskd": {"tf", "ss"}}
+FEATURE_TERMS = {"rkd": {"distance", "angle"}, "sskd": {"tf", "ss"}, "ofa": {"ofa"}}
 
 
 def pair_spec(teacher: dict, student: dict, **extra: object) -> dict:

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 # The registered distillation methods, for --help without importing torch; tests/test_mistakes_input.py
 # checks that this is splicer.training.methods.METHODS.
-METHOD_NAMES = ("ab", "at", "crd", "dkd", "fitnets", "ft", "kd", "oh", "pkt", "rkd", "sp", "sskd", "vid")
+METHOD_NAMES = (
+    "ab", "at", "crd", "dist", "dkd", "fitnets", "ft", "kd", "ofa", "oh", "pkt", "rkd", "sp", "sskd", "vid"
+)
 
 SpecArg = Annotated[Path, typer.Argument(help="Spec file (YAML).", show_default=False)]
 EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Override train.epochs.", show_default=False)]

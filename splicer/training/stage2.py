@@ -144,7 +144,14 @@ def method_for_pair(spec: Spec, method: str, teacher: TappedBlockNet, student: T
     """
     form = METHODS[method].reads if method in METHODS else "maps"  # an unknown name: create_method says so
     shapes = [block_shapes(network, spec, form) for network in (teacher, student)]
-    loss_method = create_method(method, spec.distill, *shapes)
+    loss_method = create_method(
+        method,
+        spec.distill,
+        *shapes,
+        teacher_layouts=teacher.layouts,
+        student_layouts=student.layouts,
+        num_classes=spec.num_classes,
+    )
     loss_method.check_pair(method, teacher, student)
     loss_method.prepare(teacher)
     return loss_method

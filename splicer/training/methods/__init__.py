@@ -10,7 +10,11 @@ DKD has its own objective (``ce_weight * CE + warm-up * (alpha * TCKD + beta * N
 weights in ``distill.options.dkd``). Defaults, and where they come from ("benchmark" is the
 CIFAR-100 code of CRD, Tian et al. 2020, HobbitLong/RepDistiller, which the paper follows:
 scripts/run_cifar_distill.sh and distiller_zoo/; "mdistiller" is the DKD authors' code,
-megvii-research/mdistiller, mdistiller/engine/cfg.py; "SSKD" is xuguodong03/SSKD):
+megvii-research/mdistiller, mdistiller/engine/cfg.py; "SSKD" is xuguodong03/SSKD; "DIST" is
+the DIST authors' classification code, hunto/image_classification_sota (the submodule of
+hunto/DIST_KD): lib/models/losses/dist_kd.py and kd_loss.py, configs/strategies/distill/
+dist_cifar.yaml (CIFAR-100) and resnet_dist.yaml (ImageNet); "OFAKD" is Hao840/OFAKD:
+distillers/ofa.py, distillers/utils.py, train.py and its README's commands):
 
 ===========  =======================================  =================  =====================  ===================
 method       what it weighs (our name)                default            authors' name          source
@@ -56,7 +60,27 @@ dkd          options.dkd.ce_weight: CE                1.0                CE_WEIG
              options.dkd.beta: NCKD                   8.0                BETA                   mdistiller CFG.DKD
              options.dkd.temperature                  4.0                T                      mdistiller CFG.DKD
              options.dkd.warmup_epochs (linear)       20                 WARMUP                 mdistiller CFG.DKD
+dist         options.dist.ce_weight: CE               1.0                ori_loss_weight        DIST cifar config
+             options.dist.beta: tau^2 x inter-class   2.0                kd_loss_weight 2 x     DIST kd_loss.py,
+             options.dist.gamma: tau^2 x intra-class  2.0                DIST(beta=1, gamma=1)  cifar config
+             options.dist.tau (ImageNet: 1)           4.0                dist_t4 (ImageNet:     DIST cifar config
+                                                                         dist, tau 1)           (resnet_dist.yaml)
+ofa          options.ofa.ce_weight: CE                1.0                --gt-loss-weight       OFAKD train.py
+             options.ofa.kd_weight: OFA on logits     1.0                --kd-loss-weight       OFAKD train.py
+             options.ofa.loss_weight: projectors'     1.0                --ofa-loss-weight      OFAKD train.py
+             OFA terms, summed
+             options.ofa.eps (one, or per stage       1.0 (ImageNet      --ofa-eps              OFAKD README
+             then logits)                             command: 1.5)
+             options.ofa.temperature                  1.0                --ofa-temperature      OFAKD train.py
+             options.ofa.stages (1-based blocks)      every block        --ofa-stage 1 2 3 4    OFAKD train.py
+             options.ofa.heads (token projectors)     4                  Block(num_heads=4)     OFAKD ofa.py
 ===========  =======================================  =================  =====================  ===================
+
+DIST and OFA have their own objectives, as DKD: DIST ``ce_weight * CE + tau^2 * (beta * inter +
+gamma * intra)`` (Pearson correlations of softmax(z / tau) over each image's classes and over each
+class's images), OFA ``ce_weight * CE + kd_weight * OFA(z_S) + loss_weight * sum of OFA(projector_i)``
+with a projector from each chosen student block end to the logits (:mod:`.ofa`); the spec's
+``ce_weight``, ``kd_weight``, ``kd_tau`` and ``feature_weight`` do not apply to either.
 
 ``feature_weight`` in the spec overrides the feature method's default. "all N" means every
 block end of the cut; "last" the last block's output; "pooled last" that output averaged over
@@ -86,6 +110,10 @@ AB, which read pre-activations, need a final ReLU at every block end of both net
 method       reads                                layout pairs (teacher -> student)
 ===========  ===================================  =====================================================
 kd, dkd      logits only                          any
+dist         logits only                          any
+ofa          native (chosen student block ends)   any: conv projectors for NCHW students, transformer-block
+                                                  projectors for token students and NHWC maps read as
+                                                  tokens (as the authors treat Swin)
 fitnets      maps (hint block)                    any: NCHW, NHWC, tokens, pooled tokens, in any pairing
 at, vid      maps (every block end)               any
 sp, ft       maps (last block end)                any
@@ -116,7 +144,23 @@ proportion.
 
 from __future__ import annotations
 
-from splicer.training.methods import ab, at, crd, dkd, fitnets, ft, kd, oh, pkt, rkd, sp, sskd, vid  # noqa: F401  (each registers itself)
+from splicer.training.methods import (  # noqa: F401  (each registers itself)
+    ab,
+    at,
+    crd,
+    dist,
+    dkd,
+    fitnets,
+    ft,
+    kd,
+    ofa,
+    oh,
+    pkt,
+    rkd,
+    sp,
+    sskd,
+    vid,
+)
 from splicer.training.methods.base import (
     METHODS,
     DistillMethod,

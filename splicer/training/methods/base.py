@@ -101,9 +101,21 @@ class MethodOptions(BaseModel):
 
 
 def create_method(
-    name: str, spec: DistillSpec, teacher_shapes: list[Shape], student_shapes: list[Shape]
+    name: str,
+    spec: DistillSpec,
+    teacher_shapes: list[Shape],
+    student_shapes: list[Shape],
+    *,
+    teacher_layouts: list[FeatureLayout] | None = None,
+    student_layouts: list[FeatureLayout] | None = None,
+    num_classes: int | None = None,
 ) -> DistillMethod:
-    """Build the method ``name`` for a teacher and student cut into the same number of blocks."""
+    """Build the method ``name`` for a teacher and student cut into the same number of blocks.
+
+    The layouts (NCHW, NHWC, tokens) of the block ends are for methods that read block ends as the
+    network gives them (``reads = "native"``, e.g. OFA's projectors); without them, block ends are NCHW maps.
+    ``num_classes`` is for methods with modules that predict classes (OFA's projectors).
+    """
     if name not in METHODS:
         valid = sorted(METHODS)
         suggestion = did_you_mean(name, valid) or "."
@@ -114,7 +126,15 @@ def create_method(
             f"got {len(teacher_shapes)} teacher blocks and {len(student_shapes)} student blocks"
         )
     cls = METHODS[name]
-    return cls(spec, list(teacher_shapes), list(student_shapes), method_options(name, spec))
+    return cls(
+        spec,
+        list(teacher_shapes),
+        list(student_shapes),
+        method_options(name, spec),
+        teacher_layouts=teacher_layouts,
+        student_layouts=student_layouts,
+        num_classes=num_classes,
+    )
 
 
 def method_options(name: str, spec: DistillSpec) -> MethodOptions:
@@ -166,10 +186,20 @@ class DistillMethod(nn.Module):
         teacher_shapes: list[Shape],
         student_shapes: list[Shape],
         options: MethodOptions | None = None,
+        *,
+        teacher_layouts: list[FeatureLayout] | None = None,
+        student_layouts: list[FeatureLayout] | None = None,
+        num_classes: int | None = None,
     ) -> None:
-        """The shapes are (C, H, W) of each block output; methods with parameters size them in :meth:`build`."""
+        """The shapes are (C, H, W) of each block output; methods with parameters size them in :meth:`build`.
+
+        The layouts, where given, say how each block end holds its feature (see :attr:`reads`).
+        """
         super().__init__()
         self.spec = spec
+        self.teacher_layouts = teacher_layouts
+        self.student_layouts = student_layouts
+        self.num_classes = num_classes
         self.options: Any = options if options is not None else self.Options()
         self.epoch = 0
         self.dist = Distributed.from_env()  # the processes a batch is split over (torchrun), read once
