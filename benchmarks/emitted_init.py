@@ -7,7 +7,9 @@ never imports splicer (any attempt raises) then runs ``torch.manual_seed(0); SFT
 compares every tensor of its state_dict with the built SFTN's: all finite, and equal (same
 seed, same weights). The column "emitted as" says how each network was written: "layers"
 (torch.nn layers whose initialisation is replayed) or "model" (created from its reference).
-Results go to ``benchmarks/results/emitted_init.{md,json}``.
+Results go to ``benchmarks/results/emitted_init.{md,json}``. On a shared machine the models can
+be split over processes (``--shard 0/2``, ``--shard 1/2``, each with its own ``--out``) and the
+shards' tables merged into one (``--merge DIR DIR``).
 """
 
 from __future__ import annotations
@@ -108,7 +110,9 @@ def models(args: argparse.Namespace) -> list[tuple[str, str, str, int]]:
         for family, model in members
     ]
     rows += OTHER_MODELS
-    return [r for r in rows if not args.groups or r[0] in args.groups]
+    rows = [r for r in rows if not args.groups or r[0] in args.groups]
+    index, count = args.shard
+    return rows[index::count]
 
 
 def run_one(group: str, family: str, reference: str, side: int, args: argparse.Namespace, checker: Any, work: Path) -> Row:
@@ -200,18 +204,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--side", type=int, default=96, help="input height and width for timm models")
     parser.add_argument("--num-classes", type=int, default=10)
-    parser.add_argument("--student", default="timm:resnet18", help="the small student of every non-CIFAR teacher")
+    parser.add_argument("--student", default="timm:test_resnet", help="the small student of every non-CIFAR teacher")
     parser.add_argument(
         "--groups", nargs="*", choices=[*GROUPS, "torchvision", "cifar", "python"], help="only these groups"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N", help="only every N-th model from the I-th")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="DIR", help="merge the shards' results in these folders")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for emitted_init.md/.json")
     return parser.parse_args(argv)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"--shard needs I/N with 0 <= I < N, e.g. 0/2; got {text!r}")
+    return int(index), int(count)
+
+
+def merge(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """One table from the shards' tables, in the order of a single run; each shard's command and times kept."""
+    payloads = [json.loads((folder / "emitted_init.json").read_text()) for folder in args.merge]
+    rows = [Row(**{**r, "input_size": tuple(r["input_size"])}) for p in payloads for r in p["rows"]]
+    order = {reference: n for n, (_, _, reference, _) in enumerate(models(args))}
+    rows.sort(key=lambda r: order.get(r.model.split(" (")[0], len(order)))
+    meta = {**provenance(argv, args.threads), "shards": "; ".join(
+        f"{p['meta']['command']} ({p['meta']['date']}, {p['meta']['total seconds']} s, commit {p['meta']['commit']})"
+        for p in payloads
+    ), "pairs": payloads[0]["meta"]["pairs"], "models run": str(len(rows))}
+    write(args.out, rows, meta)
+
+
+def write(out: Path, rows: list[Row], meta: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "emitted_init.md").write_text(markdown(rows, meta))
+    (out / "emitted_init.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.merge:
+        merge(args, argv)
+        return
     sys.path.insert(0, str(REPO))  # python:examples.own_net and python:tests.toy_nets
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads)}
     checker = subprocess.Popen(
@@ -235,10 +270,7 @@ def main(argv: list[str] | None = None) -> None:
                 "models run": f"{done} of {len(todo)}",
                 "total seconds": round(time.perf_counter() - start, 1),
             }
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "emitted_init.md").write_text(markdown(rows, meta))
-            payload = {"meta": meta, "rows": [asdict(r) for r in rows]}
-            (args.out / "emitted_init.json").write_text(json.dumps(payload, indent=1) + "\n")
+            write(args.out, rows, meta)  # after every model, so an interrupted run keeps what it measured
     checker.stdin.close()
     checker.wait()
     print(f"{sum(r.ok for r in rows)}/{len(rows)} ok")
