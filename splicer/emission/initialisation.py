@@ -43,31 +43,30 @@ def record_initialisation(create: Callable[[], nn.Module]) -> list[InitOp]:
     Runs on a copy of the global random state, so the caller's draws are untouched.
     """
     with torch.random.fork_rng(devices=[]):
-        runs = []
-        for seed in (0, 1):
-            torch.manual_seed(seed)
-            model, calls = _recorded(create)
-            runs.append((_tensors(model), calls, torch.get_rng_state()))
-        (tensors, calls, rng_after), (other_tensors, _, _) = runs[0], runs[1]
+        torch.manual_seed(0)
+        model, calls = _recorded(create)
+        tensors, rng_after = _tensors(model), torch.get_rng_state()
         paths = {id(t): path for path, t in reversed(tensors.items())}
         ops: list[InitOp] = [
             (paths.get(id(t)), tuple(t.shape), str(t.dtype).removeprefix("torch."), name, kwargs)
             for t, name, kwargs in calls
         ]
         drawn = {op[0] for op in ops}
-        for path, value in tensors.items():
-            if path in drawn:
-                continue
-            if not torch.equal(value, other_tensors[path]) or value.numel() == 0:
-                raise NotReplayable(f"{path} is drawn at random without torch.nn.init")
-            constant = value.flatten()[0].item()
-            if not torch.all(value == constant):
-                raise NotReplayable(f"{path} starts from values that are not one constant")
-            ops.append((path, tuple(value.shape), str(value.dtype).removeprefix("torch."), "constant_", {"val": constant}))
+        constants = {path: _constant(value) for path, value in tensors.items() if path not in drawn}
+        varied = [path for path, constant in constants.items() if constant is None]
+        torch.manual_seed(0)
+        replay_initialisation([], ops)
+        if not torch.equal(torch.get_rng_state(), rng_after):  # e.g. a tensor drawn by torch.randn
+            where = f"{varied[0]} is drawn at random" if varied else "it draws random numbers"
+            raise NotReplayable(f"{where} without torch.nn.init")
+        if varied:
+            raise NotReplayable(f"{varied[0]} starts from values that are not one constant, set without torch.nn.init")
+        ops += [
+            (path, tuple(tensors[path].shape), str(tensors[path].dtype).removeprefix("torch."), "constant_", {"val": value})
+            for path, value in constants.items()
+        ]
         torch.manual_seed(0)
         replayed = replay_initialisation([], ops)
-        if not torch.equal(torch.get_rng_state(), rng_after):
-            raise NotReplayable("it draws random numbers outside torch.nn.init")
         for path, value in tensors.items():
             if not torch.equal(replayed[path], value):
                 raise NotReplayable(f"{path} is changed after torch.nn.init drew it")
@@ -147,6 +146,14 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
     tensors.update(model.named_buffers(remove_duplicate=False))
     return tensors
+
+
+def _constant(value: torch.Tensor) -> float | int | bool | None:
+    """The one value every element of ``value`` holds, None where they differ (or it is empty)."""
+    if value.numel() == 0:
+        return None
+    constant = value.flatten()[0].item()
+    return constant if torch.all(value == constant) and _is_literal(constant) else None
 
 
 def _is_literal(value: object) -> bool:
