@@ -54,7 +54,11 @@ def label_overflows(graph) -> list[str]:
     try:
         renderer = fig.canvas.get_renderer()
         ax = fig.axes[0]
-        boxes = {p.get_gid().removeprefix("node-"): p.get_window_extent(renderer) for p in ax.patches if p.get_gid()}
+        boxes = {
+            p.get_gid().removeprefix("node-"): p.get_window_extent(renderer)
+            for p in ax.patches
+            if (p.get_gid() or "").startswith("node-")
+        }
         problems, labelled = [], set()
         for text in ax.texts:
             gid, extent = text.get_gid() or "", text.get_window_extent(renderer)
