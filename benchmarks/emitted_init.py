@@ -172,7 +172,10 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
     summary = []
     for group in dict.fromkeys(r.group for r in rows):
         members = [r for r in rows if r.group == group]
-        summary.append(f"- {group}: {sum(r.ok for r in members)}/{len(members)} start from splicer's weights, all finite")
+        refused = [r.family for r in members if _refused(r)]
+        built = len(members) - len(refused)
+        line = f"- {group}: {sum(r.ok for r in members)}/{built} that splicer builds start from splicer's weights, all finite"
+        summary.append(line + (f" ({', '.join(refused)}: splicer refuses to build, as in timm_coverage.md)" if refused else ""))
     head = [
         "# Emitted sftn.py: SFTN() starts from splicer's initialisation",
         "",
@@ -198,6 +201,11 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         for r in rows
     ]
     return "\n".join(head + body) + "\n"
+
+
+def _refused(row: Row) -> bool:
+    """The compiler refused the model (a cut error, as the timm coverage table records), before any emission."""
+    return row.reason.startswith("CutError")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
