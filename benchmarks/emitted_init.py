@@ -18,6 +18,7 @@ import argparse
 import gc
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -236,10 +237,19 @@ def merge(args: argparse.Namespace, argv: list[str] | None) -> None:
     rows = [Row(**{**r, "input_size": tuple(r["input_size"])}) for p in payloads for r in p["rows"]]
     order = {reference: n for n, (_, _, reference, _) in enumerate(models(args))}
     rows.sort(key=lambda r: order.get(r.model.split(" (")[0], len(order)))
-    meta = {**provenance(argv, args.threads), "shards": "; ".join(
-        f"{p['meta']['command']} ({p['meta']['date']}, {p['meta']['total seconds']} s, commit {p['meta']['commit']})"
-        for p in payloads
-    ), "pairs": payloads[0]["meta"]["pairs"], "models run": str(len(rows))}
+    meta = provenance(argv, args.threads)
+    # The shards' own folders are scratch space of the machine that ran them: named by their place only.
+    meta["command"] = re.sub(r"--merge( \S+)+", "--merge " + " ".join(f"SHARD{i}" for i in range(len(payloads))), meta["command"])
+    shards = []
+    for i, payload in enumerate(payloads):
+        shard = payload["meta"]
+        command = re.sub(r" --out \S+", f" --out SHARD{i}", shard["command"])
+        shards.append(
+            f"SHARD{i}: {command} ({shard['date']}, {shard['total seconds']} s, {shard['models run']} models, "
+            f"commit {shard['commit']})"
+        )
+    meta["shards"] = "; ".join(shards)
+    meta.update({"pairs": payloads[0]["meta"]["pairs"], "models run": f"{len(rows)} of {len(models(args))}"})
     write(args.out, rows, meta)
 
 
