@@ -9,13 +9,16 @@ seed, same weights). The column "emitted as" says how each network was written: 
 (torch.nn layers whose initialisation is replayed) or "model" (created from its reference).
 Results go to ``benchmarks/results/emitted_init.{md,json}``. On a shared machine the models can
 be split over processes (``--shard 0/2``, ``--shard 1/2``, each with its own ``--out``) and the
-shards' tables merged into one (``--merge DIR DIR``).
+shards' tables merged into one (``--merge DIR DIR``); ``--skip DIR`` leaves out the models a stopped
+run already measured. Models are taken round-robin over the groups, so a stopped run has some
+of every group.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import re
@@ -112,8 +115,19 @@ def models(args: argparse.Namespace) -> list[tuple[str, str, str, int]]:
     ]
     rows += OTHER_MODELS
     rows = [r for r in rows if not args.groups or r[0] in args.groups]
+    by_group: dict[str, list[tuple[str, str, str, int]]] = {}
+    for row in rows:
+        by_group.setdefault(row[0], []).append(row)
+    # Round-robin over the groups, so that an interrupted run has measured some of every group.
+    rows = [row for turn in itertools.zip_longest(*by_group.values()) for row in turn if row is not None]
+    done = {r["model"].split(" (")[0] for folder in args.skip or [] for r in _stored_rows(folder)}
     index, count = args.shard
-    return rows[index::count]
+    return [r for r in rows if r[2] not in done][index::count]
+
+
+def _stored_rows(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "emitted_init.json"
+    return json.loads(path.read_text())["rows"] if path.is_file() else []
 
 
 def run_one(group: str, family: str, reference: str, side: int, args: argparse.Namespace, checker: Any, work: Path) -> Row:
@@ -220,6 +234,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N", help="only every N-th model from the I-th")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="DIR", help="merge the shards' results in these folders")
+    parser.add_argument("--skip", type=Path, nargs="+", metavar="DIR", help="skip the models measured in these folders")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for emitted_init.md/.json")
     return parser.parse_args(argv)
 
@@ -235,7 +250,8 @@ def merge(args: argparse.Namespace, argv: list[str] | None) -> None:
     """One table from the shards' tables, in the order of a single run; each shard's command and times kept."""
     payloads = [json.loads((folder / "emitted_init.json").read_text()) for folder in args.merge]
     rows = [Row(**{**r, "input_size": tuple(r["input_size"])}) for p in payloads for r in p["rows"]]
-    order = {reference: n for n, (_, _, reference, _) in enumerate(models(args))}
+    every = argparse.Namespace(**{**vars(args), "skip": None, "shard": (0, 1)})
+    order = {reference: n for n, (_, _, reference, _) in enumerate(models(every))}
     rows.sort(key=lambda r: order.get(r.model.split(" (")[0], len(order)))
     meta = provenance(argv, args.threads)
     # The shards' own folders are scratch space of the machine that ran them: named by their place only.
@@ -249,7 +265,7 @@ def merge(args: argparse.Namespace, argv: list[str] | None) -> None:
             f"commit {shard['commit']})"
         )
     meta["shards"] = "; ".join(shards)
-    meta.update({"pairs": payloads[0]["meta"]["pairs"], "models run": f"{len(rows)} of {len(models(args))}"})
+    meta.update({"pairs": payloads[0]["meta"]["pairs"], "models run": f"{len(rows)} of {len(order)}"})
     write(args.out, rows, meta)
 
 
