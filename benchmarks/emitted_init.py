@@ -21,7 +21,6 @@ import gc
 import itertools
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from provenance import REPO, provenance  # benchmarks/ is on sys.path when run as a script
+from provenance import REPO, provenance, repo_relative  # benchmarks/ is on sys.path when run as a script
 from timm.models import get_pretrained_cfg_value
 from timm_coverage import GROUPS, MIN_INPUT
 
@@ -254,15 +253,19 @@ def merge(args: argparse.Namespace, argv: list[str] | None) -> None:
     order = {reference: n for n, (_, _, reference, _) in enumerate(models(every))}
     rows.sort(key=lambda r: order.get(r.model.split(" (")[0], len(order)))
     meta = provenance(argv, args.threads)
-    # The shards' own folders are scratch space of the machine that ran them: named by their place only.
-    meta["command"] = re.sub(r"--merge( \S+)+", "--merge " + " ".join(f"SHARD{i}" for i in range(len(payloads))), meta["command"])
+    # The shards' folders are scratch space of the machine that ran them: named by their place only.
+    names = {repo_relative(folder): f"SHARD{i}" for i, folder in enumerate(args.merge)}
+
+    def named(command: str) -> str:
+        return " ".join(names.get(word, word) for word in command.split(" "))
+
+    meta["command"] = named(meta["command"])
     shards = []
     for i, payload in enumerate(payloads):
         shard = payload["meta"]
-        command = re.sub(r" --out \S+", f" --out SHARD{i}", shard["command"])
         shards.append(
-            f"SHARD{i}: {command} ({shard['date']}, {shard['total seconds']} s, {shard['models run']} models, "
-            f"commit {shard['commit']})"
+            f"SHARD{i}: {named(shard['command'])} ({shard['date']}, {shard['total seconds']} s, "
+            f"{shard['models run']} models, commit {shard['commit']})"
         )
     meta["shards"] = "; ".join(shards)
     meta.update({"pairs": payloads[0]["meta"]["pairs"], "models run": f"{len(rows)} of {len(order)}"})
