@@ -218,8 +218,8 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
 
 
 def _refused(row: Row) -> bool:
-    """The compiler refused the model (a cut error, as the timm coverage table records), before any emission."""
-    return row.reason.startswith("CutError")
+    """The compiler refused the model (as the timm coverage table records), before any emission."""
+    return row.reason.startswith(("CutError", "UnsupportedModelError"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
