@@ -23,7 +23,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=3, help="classes shown per image")
     args = parser.parse_args()
 
-    info = json.loads(args.program.with_suffix(".json").read_text())
+    # The sidecar: FILE.json from `splicer export`, student.json from 05_export_student.py.
+    sidecars = [args.program.with_name(args.program.name + ".json"), args.program.with_suffix(".json")]
+    info = json.loads(next((path for path in sidecars if path.is_file()), sidecars[-1]).read_text())
     channels, height, width = info["input_size"]
     model = torch.export.load(args.program).module()  # an nn.Module; normalisation is built in
 
@@ -38,6 +40,9 @@ def main() -> None:
         return TF.to_tensor(image)
 
     batch = torch.stack([load(path) for path in args.images])
+    if not info.get("normalization_built_in", True):  # `splicer export` without --normalize
+        mean, std = (torch.tensor(info[key]).view(1, -1, 1, 1) for key in ("mean", "std"))
+        batch = (batch - mean) / std
     with torch.no_grad():
         probabilities = model(batch).softmax(1)
     top = probabilities.topk(min(args.top, probabilities.shape[1]), dim=1)

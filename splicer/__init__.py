@@ -8,7 +8,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["SFTN", "SFTNOutput", "BlockNet", "Spec", "SplicerError", "build", "build_student", "compile_spec", "load_spec"]
+__all__ = [
+    "SFTN",
+    "SFTNOutput",
+    "BlockNet",
+    "Spec",
+    "SplicerError",
+    "build",
+    "build_student",
+    "compile_spec",
+    "export_run",
+    "load_spec",
+]
 
 _EXPORTS = {
     "SFTN": "splicer.assembly.modules",
@@ -19,6 +30,7 @@ _EXPORTS = {
     "build": "splicer.assembly.build",
     "build_student": "splicer.assembly.build",
     "compile_spec": "splicer.assembly.build",
+    "export_run": "splicer.export.exporter",
     "load_spec": "splicer.spec",
 }
 
@@ -26,6 +38,7 @@ if TYPE_CHECKING:
     from splicer.assembly.build import build, build_student, compile_spec
     from splicer.assembly.modules import SFTN, BlockNet, SFTNOutput
     from splicer.errors import SplicerError
+    from splicer.export.exporter import export_run
     from splicer.spec import Spec, load_spec
 
 

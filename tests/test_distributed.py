@@ -28,6 +28,7 @@ import yaml
 
 from splicer.spec import load_spec
 from tests.conftest import REPO, toy_spec
+from tests.test_loggers import assert_same_series, jsonl_scalars, tensorboard_scalars
 
 LAUNCH_TIMEOUT = 420  # seconds; a loaded 2-core machine needs ~1 min per launch
 GROUP_TIMEOUT = "60"  # seconds a collective may wait (SPLICER_DIST_TIMEOUT)
@@ -341,7 +342,8 @@ def test_batchnorm_sftn_trains_and_resumes_under_two_processes(batchnorm_spec: P
     env = launch_env()
     # The --nproc convenience hands the command to torchrun's launcher.
     whole = subprocess.run(
-        [sys.executable, "-m", "splicer", "train", "toy.yaml", "--out", "whole", "-q", "--nproc", "2"],
+        [sys.executable, "-m", "splicer", "train", "toy.yaml", "--out", "whole", "-q", "--nproc", "2"]
+        + ["--set", "train.loggers=[jsonl,tensorboard]"],
         cwd=root,
         env=env,
         capture_output=True,
@@ -350,6 +352,8 @@ def test_batchnorm_sftn_trains_and_resumes_under_two_processes(batchnorm_spec: P
     )
     check(whole)
     assert [r["epoch"] for r in metrics(root / "whole")] == [1, 2]
+    assert len(list((root / "whole").glob("events.out.tfevents.*"))) == 1  # written by rank 0 alone
+    assert_same_series(tensorboard_scalars(root / "whole"), jsonl_scalars(root / "whole"))
     check(torchrun(root, "train", "toy.yaml", "--out", "resumed", "--epochs", "1", "-q"))
     check(torchrun(root, "train", "toy.yaml", "--out", "resumed", "--resume", "-q"))
     resumed, uninterrupted = torch.load(root / "resumed" / "last.pt", weights_only=True), torch.load(

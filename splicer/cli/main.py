@@ -192,13 +192,14 @@ def schema(
 
 
 def _register_training_commands() -> None:
-    from splicer.cli import train_commands
+    from splicer.cli import export_command, train_commands
 
     app.command("train")(user_errors(train_commands.train))
     app.command("distill")(user_errors(train_commands.distill))
     app.command("eval")(user_errors(train_commands.eval_run))
     app.command("run")(user_errors(train_commands.run))
     app.command("probe")(user_errors(train_commands.probe))
+    app.command("export")(user_errors(export_command.export))
 
 
 _register_training_commands()

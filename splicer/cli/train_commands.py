@@ -46,10 +46,14 @@ NprocOpt = Annotated[
 
 
 def _spec(path: Path, sets: list[str] | None, **train: Any) -> Spec:
+    """The spec with the command line's changes; its loggers' packages checked before anything trains."""
     from splicer.spec import load_spec
+    from splicer.training.loggers import check_installed
     from splicer.training.overrides import apply_overrides
 
-    return apply_overrides(load_spec(path), train, sets)
+    spec = apply_overrides(load_spec(path), train, sets)
+    check_installed(spec.train.loggers)
+    return spec
 
 
 def _is_main() -> bool:

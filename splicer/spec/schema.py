@@ -11,7 +11,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from splicer.errors import did_you_mean
+
 MODEL_SOURCES = ("cifar", "timm", "torchvision", "python")
+LOGGERS = ("jsonl", "tensorboard", "mlflow")
+"""Where a run's per-epoch metrics can go (``train.loggers``); jsonl is metrics.jsonl, always written."""
 
 
 def default_workers() -> int:
@@ -155,6 +159,31 @@ class TrainSpec(_Strict):
         description="Under torchrun, BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only). "
         "false: each process normalises with its own share of the batch.",
     )
+    loggers: list[str] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="Where each epoch's metrics go: jsonl (metrics.jsonl, always on: summaries, curves and "
+        "reports are read from it), tensorboard (event files in the run folder), mlflow.",
+    )
+    mlflow_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (a server, sqlite:///FILE.db, ...); default: MLFLOW_TRACKING_URI, "
+        "else sqlite:///RUN/mlflow.db in each run folder.",
+    )
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _loggers_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # --set train.loggers=tensorboard
+
+    @field_validator("loggers")
+    @classmethod
+    def _known_loggers(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in LOGGERS:
+                raise ValueError(
+                    f"unknown logger {name!r}{did_you_mean(name, LOGGERS) or '.'} Valid loggers: {', '.join(LOGGERS)}"
+                )
+        return list(dict.fromkeys(["jsonl", *value]))  # metrics.jsonl stays on: splicer reads its runs from it
 
     @model_validator(mode="before")
     @classmethod

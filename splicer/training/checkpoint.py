@@ -19,6 +19,8 @@ import torch
 from splicer.errors import SplicerError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from splicer.assembly.tapped import TappedBlockNet
     from splicer.spec import Spec
 
@@ -122,7 +124,20 @@ def network_from_checkpoint(checkpoint: dict[str, Any], path: Path, spec: Spec |
     the checkpoint. Building draws from a forked RNG so that loading a network never
     changes the random stream of the training that follows.
     """
-    from splicer.assembly.build import build, build_student
+    return original_from_checkpoint(checkpoint, path, spec)[0]
+
+
+def original_from_checkpoint(
+    checkpoint: dict[str, Any], path: Path, spec: Spec | None = None
+) -> tuple[TappedBlockNet, nn.Module]:
+    """The network a checkpoint trained (see :func:`network_from_checkpoint`) and the original model it was cut from.
+
+    The blocks hold the original model's own modules and parameters (the compiler traces
+    the model and cuts the trace without copying weights), so loading the checkpoint into
+    the network loads it into the original model too: ``timm.create_model(...)``'s keys,
+    ready for ``splicer export``.
+    """
+    from splicer.assembly.build import block_net, compile_spec, plan_network
     from splicer.spec import spec_from_dict
 
     if spec is None:
@@ -135,9 +150,11 @@ def network_from_checkpoint(checkpoint: dict[str, Any], path: Path, spec: Spec |
         )
     with torch.random.fork_rng(devices=[]):
         if kind in TEACHER_KINDS:
-            network, state = build(spec).teacher, teacher_state(checkpoint)
+            result = compile_spec(spec)
+            network, original, state = result.sftn.teacher, result.teacher.model, teacher_state(checkpoint)
         else:
-            network, state = build_student(spec), checkpoint["model"]
+            plan = plan_network(spec, spec.student, "student", spec.source)
+            network, original, state = block_net(plan), plan.model, checkpoint["model"]
     try:
         network.load_state_dict(state)
     except RuntimeError as exc:
@@ -146,4 +163,4 @@ def network_from_checkpoint(checkpoint: dict[str, Any], path: Path, spec: Spec |
             f"{path}: this {kind} checkpoint does not fit the {role} {getattr(spec, role).model} of spec "
             f"{spec.name!r}; was it trained from another spec? ({exc})"
         ) from None
-    return network
+    return network, original

@@ -224,48 +224,49 @@ def fit(
         set_rng_state(state["rng"], runtime.device)
         start, best = state["epoch"], state["best"]
         logger.info(f"{stage.title}: resuming {run.path} after epoch {start}")
-    logger.start(spec_dict, start if resume else None)
-    compile_seconds = None
-    for epoch in range(start, recipe.epochs):
-        started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        data.train.set_epoch(epoch)
-        for hook in stage.epoch_hooks:
-            hook(epoch)
-        with logger.epoch_progress(epoch + 1, recipe.epochs, len(data.train)) as progress:
-            stats = _train_epoch(stage, step, data, optimizer, runtime, dist, progress, epoch, run)
-        if runtime.compile and compile_seconds is None:
-            compile_seconds = stats.first_step_seconds
-            logger.info(f"{stage.title}: torch.compile: the first step (compilation) took {compile_seconds:.1f} s")
-        top1 = top5 = None
-        if stage.evaluator is not None and ((epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs):
-            top1, top5 = accuracy(stage.evaluator, data.eval, runtime, dist)
-        scheduler.step()
-        improved = top1 is not None and (best["top1"] is None or top1 > best["top1"])
-        if improved:
-            best = {"top1": top1, "top5": top5, "epoch": epoch + 1}
-        record = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "loss": stats.terms.pop("total"),
-            "terms": stats.terms,
-            "train_acc": stats.train_acc,
-            "eval_top1": top1,
-            "eval_top5": top5,
-            "img_per_s": stats.images / stats.seconds,
-            "step_seconds": stats.seconds / stats.steps,
-            "seconds": time.perf_counter() - started,
-        }
-        logger.log_epoch(record, recipe.epochs, data.eval_name)
-        if dist.is_main:
-            save_atomic(_payload(stage, spec_dict, optimizer, scheduler, epoch + 1, best, runtime), run.last)
+    with logger.recording(spec_dict, start if resume else None):
+        compile_seconds = None
+        for epoch in range(start, recipe.epochs):
+            started = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            data.train.set_epoch(epoch)
+            for hook in stage.epoch_hooks:
+                hook(epoch)
+            with logger.epoch_progress(epoch + 1, recipe.epochs, len(data.train)) as progress:
+                stats = _train_epoch(stage, step, data, optimizer, runtime, dist, progress, epoch, run)
+            if runtime.compile and compile_seconds is None:
+                compile_seconds = stats.first_step_seconds
+                seconds = f"{compile_seconds:.1f} s"
+                logger.info(f"{stage.title}: torch.compile: the first step (compilation) took {seconds}")
+            top1 = top5 = None
+            if stage.evaluator is not None and ((epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs):
+                top1, top5 = accuracy(stage.evaluator, data.eval, runtime, dist)
+            scheduler.step()
+            improved = top1 is not None and (best["top1"] is None or top1 > best["top1"])
             if improved:
-                copy_atomic(run.last, run.best)
-    dist.barrier()  # rank 0 has written the last epoch's record and checkpoint
-    summary = _summary(stage, spec, run, data, runtime, best)
-    summary["processes"] = dist.world_size
-    summary["compile_seconds"] = compile_seconds
-    logger.finish(summary, stage.kl_term)
+                best = {"top1": top1, "top5": top5, "epoch": epoch + 1}
+            record = {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "loss": stats.terms.pop("total"),
+                "terms": stats.terms,
+                "train_acc": stats.train_acc,
+                "eval_top1": top1,
+                "eval_top5": top5,
+                "img_per_s": stats.images / stats.seconds,
+                "step_seconds": stats.seconds / stats.steps,
+                "seconds": time.perf_counter() - started,
+            }
+            logger.log_epoch(record, recipe.epochs, data.eval_name)
+            if dist.is_main:
+                save_atomic(_payload(stage, spec_dict, optimizer, scheduler, epoch + 1, best, runtime), run.last)
+                if improved:
+                    copy_atomic(run.last, run.best)
+        dist.barrier()  # rank 0 has written the last epoch's record and checkpoint
+        summary = _summary(stage, spec, run, data, runtime, best)
+        summary["processes"] = dist.world_size
+        summary["compile_seconds"] = compile_seconds
+        logger.finish(summary, stage.kl_term)
     dist.barrier()  # ... and summary.json, which `splicer run` reads next on every rank
     return summary
 
@@ -409,4 +410,11 @@ def _summary(
         "wall_seconds": sum(r["seconds"] for r in records),
         "step_seconds_median": statistics.median(r["step_seconds"] for r in records) if records else None,
         "img_per_s_median": statistics.median(r["img_per_s"] for r in records) if records else None,
+        "data": data_facts(data),
     }
+
+
+def data_facts(data: DataBundle) -> dict[str, Any]:
+    """What a network trained on ``data`` expects of its input, for `splicer export`: images in [0, 1] are
+    normalised with this mean and std per channel; output k is class ``classes[k]``."""
+    return {"mean": list(data.mean), "std": list(data.std), "classes": list(data.class_names)}

@@ -1,5 +1,5 @@
-"""What a run reports while it trains: a progress bar per epoch, one line and one JSON
-record per epoch, the summary and the curves.
+"""What a run reports while it trains: a progress bar per epoch, one line per epoch and its
+record to the metrics sinks (:mod:`splicer.training.loggers`), the summary and the curves.
 
 Every method is a no-op off the main process (see :class:`Distributed`), so trainers call
 them unconditionally.
@@ -11,12 +11,16 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from splicer.training.distributed import Distributed
+from splicer.training.loggers import check_installed, open_sinks
 from splicer.training.runs import RunDir
+
+if TYPE_CHECKING:
+    from splicer.training.loggers.base import MetricsSink
 
 
 class EpochProgress:
@@ -46,6 +50,7 @@ class RunLogger:
         self.title = title
         self.quiet = quiet or not dist.is_main
         self._console: Any = None
+        self._sinks: list[MetricsSink] = []
 
     @property
     def console(self) -> Any:
@@ -59,18 +64,31 @@ class RunLogger:
         if not self.quiet:
             self.console.print(message, markup=False, soft_wrap=True)
 
-    def start(self, spec_dict: dict[str, Any], resumed_epoch: int | None) -> None:
-        """Create the folder and write the resolved spec; on resume, forget epochs after the checkpoint."""
+    @contextmanager
+    def recording(self, spec_dict: dict[str, Any], resumed_epoch: int | None) -> Iterator[None]:
+        """Within: the run's metrics go to the sinks of ``train.loggers``; on the way out they are
+        closed, marked failed if training raised. On a resume, epochs after the checkpoint are forgotten."""
+        self._start(spec_dict, resumed_epoch)
+        try:
+            yield
+        except BaseException:
+            self._close(failed=True)
+            raise
+        self._close(failed=False)
+
+    def _start(self, spec_dict: dict[str, Any], resumed_epoch: int | None) -> None:
+        """Create the folder, write the resolved spec and open the metrics sinks."""
+        check_installed(spec_dict["train"]["loggers"])  # on every rank: all refuse, none waits for the others
         if not self.dist.is_main:
             return
         self.run.path.mkdir(parents=True, exist_ok=True)
         self.run.spec.write_text(yaml.safe_dump(spec_dict, sort_keys=False))
-        if resumed_epoch is None:
-            self.run.metrics.write_text("")
-        else:
-            # Epochs logged after the checkpoint was written are trained again: drop their records.
-            kept = [r for r in read_metrics(self.run.metrics) if r["epoch"] <= resumed_epoch]
-            self.run.metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self._sinks = open_sinks(self.run, spec_dict, resumed_epoch)
+
+    def _close(self, failed: bool) -> None:
+        for sink in self._sinks:
+            sink.close(failed)
+        self._sinks = []
 
     @contextmanager
     def epoch_progress(self, epoch: int, epochs: int, steps: int) -> Iterator[EpochProgress]:
@@ -95,11 +113,11 @@ class RunLogger:
             yield EpochProgress(progress, task)
 
     def log_epoch(self, record: dict[str, Any], epochs: int, eval_name: str) -> None:
-        """Append the epoch's record to metrics.jsonl and print it as one line."""
+        """Send the epoch's record to every sink (metrics.jsonl first) and print it as one line."""
         if not self.dist.is_main:
             return
-        with open(self.run.metrics, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        for sink in self._sinks:
+            sink.log_epoch(record)
         if self.quiet:
             return
         line = f"{self.title} epoch {record['epoch']}/{epochs}  lr {record['lr']:.4g}  loss {record['loss']:.4f}"

@@ -51,6 +51,11 @@ class RunDir:
         """A distilled student's KL and CKA to its teacher, with the checkpoints they were measured on."""
         return self.path / "similarity.json"
 
+    @property
+    def mlflow(self) -> Path:
+        """The MLflow run this run logs to (``train.loggers: [mlflow]``), which a resume continues."""
+        return self.path / "mlflow.json"
+
     def phase(self, name: str) -> RunDir:
         """The sub-run of a method's phase that trains before the main run (``phases/<name>``)."""
         return RunDir(self.path / "phases" / name)

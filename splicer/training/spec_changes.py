@@ -21,14 +21,17 @@ FREE = frozenset(
         "train.memory_format",
         "train.compile",
         "train.eval_every",
+        "train.loggers",
+        "train.mlflow_uri",
         "teacher.checkpoint",
         "student.checkpoint",
         "branch_student.checkpoint",
         "distill.methods",
     }
 )
-"""Where the data and initial weights lie, how long the run trains and on what hardware: none
-changes the objective an epoch follows (initial weights only matter before the first epoch)."""
+"""Where the data and initial weights lie, how long the run trains, on what hardware and where its
+metrics are sent: none changes the objective an epoch follows (initial weights only matter before
+the first epoch)."""
 
 COMMON = ("num_classes", "input_size", "data", "train")
 TRAINED = {
