@@ -11,6 +11,8 @@ the teachers' training and held-out accuracy per epoch (table, JSON and an SVG f
     python benchmarks/proof.py --config cpu --validation --seeds 0 # choose settings on a val split
     python benchmarks/proof.py --config cpu-overfit --seeds 0,1,2  # 150 epochs on 5,000 images: about an hour a seed
     python benchmarks/proof.py --config gpu --seeds 0 --fit-minutes 9   # both paper pairs, sized to 9 min
+    python benchmarks/proof.py --config cpu-overfit-finetune --seeds 0,1,2 --methods kd,dkd,sskd,crd,fitnets
+        # issue 26: standard / full SFTN / SFTN fine-tuned from the standard teacher (--sftn-from scratch,standard)
 
 Finished runs are reused (the experiment folder is resumed), so an interrupted proof
 continues where it stopped and a finished one only re-writes its tables.
@@ -39,9 +41,12 @@ CIFAR_TOOL = REPO.parent / "shared" / "tools" / "cifar10-root"
 CONFIGS = {
     "cpu": ["proof_cpu.yaml"],
     "cpu-overfit": ["proof_cpu_overfit.yaml"],
+    "cpu-overfit-finetune": ["proof_cpu_overfit_finetune.yaml"],
     "gpu": ["proof_gpu_resnet32x4_resnet8x4.yaml", "proof_gpu_wrn40_2_wrn16_2.yaml"],
 }
 VALIDATION_IMAGES = 5000
+SFTN_FROM = {"cpu-overfit-finetune": "scratch,standard"}
+"""How each configuration's SFTN teachers start by default (``splicer run --sftn-from``): else scratch."""
 STAGES = ("standard", "sftn", "student")
 
 
@@ -68,6 +73,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="change a spec field (repeatable)"
+    )
+    parser.add_argument(
+        "--sftn-from",
+        help="how the SFTN teachers start, as splicer run --sftn-from: scratch, standard or scratch,standard "
+        "(default: scratch,standard for cpu-overfit-finetune, else scratch)",
     )
     parser.add_argument("--tag", default="", help="suffix for the run folder and result files (for variants)")
     parser.add_argument("--data-root", type=Path, help="CIFAR-10 ImageFolder root (default: unpack ../shared/data)")
@@ -150,7 +160,8 @@ def timing_table(report: dict[str, Any], pipeline: float) -> tuple[list[str], di
         }
         for kind in runs
     }
-    sftn_step = numbers["sftn"]["step_seconds"] / numbers["standard"]["step_seconds"]
+    sftn = "sftn" if "sftn" in numbers else "sftn-finetuned"
+    sftn_step = numbers[sftn]["step_seconds"] / numbers["standard"]["step_seconds"]
     slowest_model = min(n["img_per_s"] for n in numbers.values())
     lines = [
         "| Run | Wall time (s, mean over seeds) | Step time (ms, median) | Model img/s |",
@@ -169,7 +180,6 @@ def timing_table(report: dict[str, Any], pipeline: float) -> tuple[list[str], di
     return lines, {"runs": numbers, "sftn_step_relative": sftn_step, "pipeline_img_per_s": pipeline}
 
 
-TEACHER_KINDS = ("standard", "sftn")
 CURVE_ROWS = 16  # the markdown table shows at most this many evaluated epochs (the JSON keeps all)
 
 
@@ -182,9 +192,10 @@ def teacher_curves(report: dict[str, Any]) -> dict[str, dict[str, list[dict[str,
     from splicer.training.logging import read_metrics
     from splicer.training.runs import RunDir
 
-    curves: dict[str, dict[str, list[dict[str, Any]]]] = {kind: {} for kind in TEACHER_KINDS}
+    teachers = report.get("teachers", ["standard", "sftn"])
+    curves: dict[str, dict[str, list[dict[str, Any]]]] = {kind: {} for kind in teachers}
     for seed, runs in report["runs"].items():
-        for kind in TEACHER_KINDS:
+        for kind in teachers:
             records = read_metrics(RunDir(Path(runs[kind])).metrics)
             curves[kind][str(seed)] = [
                 {"epoch": r["epoch"], "train_acc": r["train_acc"], "eval_top1": r.get("eval_top1")} for r in records
@@ -195,6 +206,7 @@ def teacher_curves(report: dict[str, Any]) -> dict[str, dict[str, list[dict[str,
 def curve_table(curves: dict[str, dict[str, list[dict[str, Any]]]], split: str) -> list[str]:
     """Markdown rows: at evaluated epochs (thinned to CURVE_ROWS, the last always kept), each
     teacher's training and eval accuracy, mean over seeds, and its gap (train - eval)."""
+    from splicer.training.experiment import TEACHER_TITLES
 
     def at(kind: str, epoch: int, key: str) -> float:
         return statistics.fmean(
@@ -205,13 +217,18 @@ def curve_table(curves: dict[str, dict[str, list[dict[str, Any]]]], split: str) 
     evaluated = [r["epoch"] for r in first if r["eval_top1"] is not None]
     step = max(1, math.ceil(len(evaluated) / CURVE_ROWS))
     shown = evaluated[::step] + ([evaluated[-1]] if (len(evaluated) - 1) % step else [])
+    titles = [TEACHER_TITLES[kind] for kind in curves]
     lines = [
-        f"| Epoch | Standard train | Standard {split} | Standard gap | SFTN train | SFTN {split} | SFTN gap |",
-        "|--:|--:|--:|--:|--:|--:|--:|",
+        "| Epoch | " + " | ".join(f"{t} train | {t} {split} | {t} gap" for t in titles) + " |",
+        "|--:|" + "--:|--:|--:|" * len(titles),
     ]
     for epoch in shown:
         cells = []
-        for kind in TEACHER_KINDS:
+        for kind in curves:
+            scored = [r for records in curves[kind].values() for r in records if r["epoch"] == epoch]
+            if not scored or any(r["eval_top1"] is None for r in scored):  # a shorter (fine-tuning) run
+                cells += ["", "", ""]
+                continue
             train, held_out = at(kind, epoch, "train_acc"), at(kind, epoch, "eval_top1")
             cells += [f"{train:.2f}", f"{held_out:.2f}", f"{train - held_out:+.2f}"]
         lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
@@ -227,7 +244,7 @@ def plot_teacher_curves(pairs: dict[str, Any], split: str, path: Path, commit: s
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(pairs), 2, figsize=(11, 3.8 * len(pairs)), squeeze=False)
-    colours = {"standard": "tab:blue", "sftn": "tab:orange"}
+    colours = {"standard": "tab:blue", "sftn": "tab:orange", "sftn-finetuned": "tab:green"}
     for row, (pair, result) in enumerate(pairs.items()):
         for kind, by_seed in result["curves"].items():
             for index, records in enumerate(by_seed.values()):
@@ -257,10 +274,16 @@ def probe(args: argparse.Namespace, root: Path, methods: list[str], seeds: list[
         spec = load_proof_spec(spec_file, probe_args, root)
         pipeline_rate(spec)  # decode and cache the images first: that is not training time
         report = run_experiment(
-            spec, methods, seeds, out=args.runs / spec.name / f"{name}_probe", resume=True, quiet=True
+            spec, methods, seeds, out=args.runs / spec.name / f"{name}_probe", resume=True, quiet=True,
+            sftn_from=sftn_from(args),
         )
         seconds += sum(s["wall_seconds"] for runs in summaries(report).values() for s in runs)
     return seconds
+
+
+def sftn_from(args: argparse.Namespace) -> tuple[str, ...]:
+    text = args.sftn_from or SFTN_FROM.get(args.config, "scratch")
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def portable_report(report: dict[str, Any]) -> dict[str, Any]:
@@ -330,7 +353,9 @@ def main(argv: list[str] | None = None) -> None:
         for spec_file in CONFIGS[args.config]:
             spec = load_proof_spec(spec_file, args, root)
             out = args.runs / spec.name / name
-            report = run_experiment(spec, methods, seeds, out=out, resume=True, quiet=args.quiet)
+            report = run_experiment(
+                spec, methods, seeds, out=out, resume=True, quiet=args.quiet, sftn_from=sftn_from(args)
+            )
             lines, timing = timing_table(report, pipeline_rate(spec))
             curves = teacher_curves(report)
             report = portable_report(report)

@@ -2,10 +2,10 @@
 
     python examples/03_own_model.py --out build/own_net
 
-Step 1 lists where the model can be cut, exactly as this shell command does (run from examples/,
-or with examples/ on PYTHONPATH, so that ``own_net`` is importable):
+Step 1 lists where the model can be cut, exactly as this shell command does from the repository root
+(``own_net`` must be importable: its folder on PYTHONPATH, or splicer run from examples/ itself):
 
-    splicer inspect python:own_net:make_net --all --num-classes 10 --input-size 3 32 32
+    PYTHONPATH=examples splicer inspect python:own_net:make_net --all --num-classes 10 --input-size 3 32 32
 
 Step 2 builds the SFTN with block ends picked from that listing's "Cut point (spec name)" column.
 """

@@ -32,12 +32,21 @@ class UnsupportedModelError(SplicerError):
 
 
 def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
-    """The valid choices closest to a misspelt ``word``, best first."""
-    choices = list(choices)
-    found = difflib.get_close_matches(word, choices, n=n, cutoff=0.5)
-    if not found:
-        found = [c for c in choices if word.lower() in c.lower()][:n]
-    return found
+    """The valid choices closest to a misspelt ``word``, best first.
+
+    Case is ignored, and a choice equal to ``word`` but for case comes first (``KD`` -> ``kd``,
+    not ``dkd``); then spelling neighbours, then choices containing ``word``.
+    """
+    choices = list(dict.fromkeys(choices))
+    by_lower: dict[str, list[str]] = {}
+    for choice in choices:
+        by_lower.setdefault(choice.lower(), []).append(choice)
+    lowered = word.lower()
+    found = list(by_lower.get(lowered, []))
+    for match in difflib.get_close_matches(lowered, list(by_lower), n=n, cutoff=0.5):
+        found += by_lower[match]
+    found += [c for c in choices if lowered and lowered in c.lower()]
+    return list(dict.fromkeys(found))[:n]
 
 
 def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:

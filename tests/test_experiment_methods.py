@@ -157,7 +157,7 @@ def test_report_with_seeds_and_a_failure_in_one_seed_only(tmp_path: Path):
 
 
 def test_unknown_methods_and_options_fail_before_any_training(tmp_path: Path):
-    with pytest.raises(SplicerError, match="unknown distillation method.*valid: all, "):
+    with pytest.raises(SplicerError, match="unknown method 'nope'.*Valid: all, "):
         run_experiment(spec_from_dict(tiny_spec()), ["nope"], [0], out=tmp_path / "a")
     typo = spec_from_dict({**tiny_spec(), "distill": {"options": {"dkd": {"betta": 6}}}})
     with pytest.raises(SplicerError, match=r"distill\.options\.dkd\.betta.*valid fields of dkd: .*beta"):
@@ -170,7 +170,7 @@ def test_similarity_is_stored_and_measured_again_only_for_a_changed_checkpoint(t
     from splicer.training import experiment
 
     spec = spec_from_dict(tiny_spec())
-    first = run_experiment(spec, ["kd"], [0], out=tmp_path, resume=True, quiet=True)
+    first = run_experiment(spec, ["kd"], [0], out=tmp_path, resume=False, quiet=True)
     measured: list[str] = []
     real = experiment.similarity
     monkeypatch.setattr(experiment, "similarity", lambda *args: measured.append("x") or real(*args))

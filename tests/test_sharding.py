@@ -111,14 +111,14 @@ def test_environment_errors(monkeypatch: pytest.MonkeyPatch):
     with pytest.raises(SplicerError, match="torchrun"):
         Distributed.from_env().start(CPU)
     with pytest.raises(SplicerError, match="already runs under torchrun"):
-        hand_over(2, "train")
+        hand_over(2, "train", 16, "cpu")
 
 
 def test_nproc_becomes_a_torchrun_command_without_nproc():
     command = torchrun_command(4, ["train", "spec.yaml", "--nproc", "4", "--epochs", "2", "--nproc=3"])
     assert command[1:] == [
         "-m",
-        "torch.distributed.run",
+        "splicer.cli.launch",  # torchrun's launcher, quiet about a process's user error
         "--standalone",
         "--nproc_per_node=4",
         "-m",

@@ -27,7 +27,7 @@ def test_unknown_key_names_the_field_and_suggests(write_spec):
         load_spec(path)
     message = str(info.value)
     assert message.startswith(f"{path}: teacher.blokcs: unknown field; did you mean 'blocks'")
-    assert "Valid fields here: blocks, checkpoint, kwargs, model, num_blocks" in message
+    assert "Valid fields here: blocks, checkpoint, head, kwargs, model, num_blocks, pretrained" in message
 
 
 def test_unknown_top_level_key(write_spec):
@@ -69,12 +69,12 @@ def test_missing_field_and_bad_yaml(write_spec):
         load_spec(write_spec(spec))
     with pytest.raises(SpecError, match=r"spec.yaml:2:\d+: not valid YAML"):
         load_spec(write_spec("name: x\n  bad: [\n"))
-    with pytest.raises(SpecError, match="a spec is a YAML mapping"):
+    with pytest.raises(SpecError, match="expected a YAML mapping"):
         load_spec(write_spec("- just\n- a list\n"))
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(SpecError, match="no such spec file"):
+    with pytest.raises(SpecError, match="nope.yaml: no such file"):
         load_spec(tmp_path / "nope.yaml")
 
 

@@ -17,8 +17,9 @@ from torch import fx, nn
 
 from splicer.assembly.modules import SFTN, Branch
 from splicer.assembly.tapped import TappedBlockNet
+from splicer.assembly.teacher_start import load_teacher_start
 from splicer.errors import CutError, SplicerError
-from splicer.models.registry import create_model
+from splicer.models.registry import create_model, input_size_hint
 from splicer.spec import Spec, load_spec
 from splicer.spec.schema import NetworkSpec
 from splicer.synthesis.transforms import Transform, TransformPlan, plan_transform
@@ -89,13 +90,17 @@ class BuildResult:
         return spec
 
 
-def build(spec_or_path: Spec | str | Path, verify: bool = True) -> SFTN:
+def build(spec_or_path: Spec | str | Path, verify: bool = True, initial_weights: bool = True) -> SFTN:
     """Compile a spec (or the spec file at a path) into an SFTN module."""
-    return compile_spec(spec_or_path, verify=verify).sftn
+    return compile_spec(spec_or_path, verify=verify, initial_weights=initial_weights).sftn
 
 
-def compile_spec(spec_or_path: Spec | str | Path, verify: bool = True) -> BuildResult:
-    """Run the whole compiler; with ``verify``, check the result numerically (see :func:`verify_build`)."""
+def compile_spec(spec_or_path: Spec | str | Path, verify: bool = True, initial_weights: bool = True) -> BuildResult:
+    """Run the whole compiler; with ``verify``, check the result numerically (see :func:`verify_build`).
+
+    ``initial_weights``: load the teacher's (``teacher.checkpoint``, ``teacher.pretrained``); off when
+    trained weights are loaded next anyway (a resume, a finished run's network).
+    """
     start = time.perf_counter()
     spec = spec_or_path if isinstance(spec_or_path, Spec) else load_spec(spec_or_path)
     source = spec.source
@@ -103,6 +108,8 @@ def compile_spec(spec_or_path: Spec | str | Path, verify: bool = True) -> BuildR
     teacher = plan_network(spec, spec.teacher, "teacher", source, notes)
     student = plan_network(spec, spec.branch_network, spec.branch_role, source, notes)
     _pair_blocks(teacher, student, source, notes)
+    if spec.branch_student is not None:
+        _check_distilled_student(spec, len(teacher.block_ends), source)
     transforms = [
         plan_transform(
             teacher.block_layouts[i], student.block_layouts[i], spec.transforms.equal_kernel, spec.transforms.activation
@@ -111,6 +118,8 @@ def compile_spec(spec_or_path: Spec | str | Path, verify: bool = True) -> BuildR
     ]
     notes += [f"T^{i + 1}: {plan.note}" for i, plan in enumerate(transforms) if plan.note]
     sftn = assemble(spec, teacher, student, transforms)
+    if initial_weights and spec.teacher_starts_trained:
+        notes += load_teacher_start(spec, teacher, sftn.teacher)
     result = BuildResult(spec, source, sftn, teacher, student, transforms, None, 0.0, notes)
     if verify:
         result.equivalence_error = verify_build(result)
@@ -121,12 +130,12 @@ def compile_spec(spec_or_path: Spec | str | Path, verify: bool = True) -> BuildR
 def plan_network(spec: Spec, network: NetworkSpec, role: str, source: str, notes: list[str] | None = None) -> NetworkPlan:
     """Create, trace, shape-propagate and cut one network; automatic choices are added to ``notes``."""
     notes = notes if notes is not None else []
-    model = create_model(network.model, spec.num_classes, network.kwargs, network.checkpoint)
+    # The teacher's initial weights may be a run's or another class count's: compile_spec loads them.
+    checkpoint = network.checkpoint if role != "teacher" else None
+    model = create_model(network.model, spec.num_classes, network.kwargs, checkpoint)
     traced = trace_model(model, name=f"{role} {network.model}")
-    try:
-        propagate_shapes(traced.graph_module, spec.input_size)
-    except SplicerError as exc:
-        raise SplicerError(f"{source}: {role}.model: {exc}") from None
+    hint = input_size_hint(model, spec.input_size, f"{role}.kwargs")
+    propagate_shapes(traced.graph_module, spec.input_size, name=f"{source}: {role}.model: {network.model}", hint=hint)
     cut_points = find_cut_points(traced, model)
     check_feature_layout(model, cut_points, f"{source}: {role}.model: {network.model}")
     where = f"{source}: {role}.blocks"
@@ -161,8 +170,8 @@ def _pair_blocks(teacher: NetworkPlan, student: NetworkPlan, source: str, notes:
         return
     if not (teacher.auto or student.auto):
         raise CutError(
-            f"{source}: teacher.blocks lists {n_t} block ends and student.blocks {n_s}; "
-            "teacher and student need the same number of blocks"
+            f"{source}: {student.role}.blocks: lists {n_s} block ends and teacher.blocks {n_t}; "
+            f"teacher and {student.role} need the same number of blocks"
         )
     # An automatic side keeps the stages that best match the other side's resolutions.
     n = min(n_t, n_s)
@@ -185,6 +194,19 @@ def _pair_blocks(teacher: NetworkPlan, student: NetworkPlan, source: str, notes:
             node_by_name = {nd.name: nd for nd in plan.traced.nodes}
             plan.block_ends = kept
             plan.parts = split_graph(plan.traced.graph_module, [node_by_name[c.node] for c in kept])
+
+
+def _check_distilled_student(spec: Spec, teacher_blocks: int, source: str) -> None:
+    """Stage 2 pairs the SFTN's teacher with the student block by block: with a ``branch_student``
+    the student is cut on its own, so check now that it has as many blocks, not after stage 1."""
+    ends = plan_network(spec, spec.student, "student", source).block_ends
+    if len(ends) != teacher_blocks:
+        raise CutError(
+            f"{source}: student.blocks: the student is cut into {len(ends)} blocks "
+            f"({', '.join(c.label for c in ends)}) but the SFTN's teacher, paired with branch_student, into "
+            f"{teacher_blocks}; stage 2 needs the same number: list {teacher_blocks} block ends for the student "
+            "or change branch_student.blocks"
+        )
 
 
 def assemble(spec: Spec, teacher: NetworkPlan, student: NetworkPlan, transforms: list[TransformPlan]) -> SFTN:

@@ -15,6 +15,10 @@ import typer
 if TYPE_CHECKING:
     from splicer.spec import Spec
 
+# The registered distillation methods, for --help without importing torch; tests/test_mistakes_input.py
+# checks that this is splicer.training.methods.METHODS.
+METHOD_NAMES = ("ab", "at", "crd", "dkd", "fitnets", "ft", "kd", "oh", "pkt", "rkd", "sp", "sskd", "vid")
+
 SpecArg = Annotated[Path, typer.Argument(help="Spec file (YAML).", show_default=False)]
 EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Override train.epochs.", show_default=False)]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Override train.batch_size.", show_default=False)]
@@ -63,11 +67,13 @@ def _is_main() -> bool:
     return Distributed.from_env().is_main
 
 
-def _launch(nproc: int | None, command: str) -> None:
+def _launch(nproc: int | None, command: str, spec: Spec) -> None:
+    """With ``--nproc``, hand over to torchrun; called once the whole plan has been checked, so that a
+    mistake is reported once, before any process starts."""
     if nproc is not None:
         from splicer.cli.launch import hand_over
 
-        hand_over(nproc, command)
+        hand_over(nproc, command, spec.train.batch_size, spec.train.device)
 
 
 def _report(summary: dict[str, Any]) -> None:
@@ -97,6 +103,15 @@ def train(
     set_: SetOpt = None,
     quiet: QuietOpt = False,
     nproc: NprocOpt = None,
+    from_: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Start the teacher from a teacher you have: a standard or SFTN run folder (its teacher), a splicer "
+            "checkpoint or a state_dict file of the model (sets teacher.checkpoint; see finetune: in the README).",
+            show_default=False,
+        ),
+    ] = None,
     anchors: Annotated[
         int,
         typer.Option(
@@ -107,16 +122,24 @@ def train(
     ] = 0,
 ) -> None:
     """Stage 1: train SPEC's SFTN teacher (with --standard, the same teacher alone)."""
-    _launch(nproc, "train")
     from splicer.errors import SplicerError
+    from splicer.training.runs import open_run
     from splicer.training.stage1 import train_teacher
 
     resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed)
+    if from_ is not None:
+        from splicer.training.overrides import start_teacher_from
+
+        resolved = start_teacher_from(resolved, from_)
+    if anchors < 0:
+        raise SplicerError(f"--anchors {anchors}: the number of anchor checkpoints to save, 1 or more (0: none)")
+    if anchors and (not standard or out is None):
+        raise SplicerError("--anchors: anchors are saved by a standard teacher run; pass --standard and --out RUN")
+    open_run(resolved.name, "standard" if standard else "sftn", out, resume)  # checks the folder, writes nothing
+    _launch(nproc, "train", resolved)
     if anchors:
         from splicer.training.anchors import train_anchored_teacher
 
-        if not standard or out is None:
-            raise SplicerError("--anchors: anchors are saved by a standard teacher run; pass --standard and --out RUN")
         _report(train_anchored_teacher(resolved, out, anchors, resume=resume, quiet=quiet))
         return
     _report(train_teacher(resolved, standard=standard, out=out, resume=resume, quiet=quiet))
@@ -132,7 +155,7 @@ def distill(
         str,
         typer.Option(
             "--method",
-            help="Distillation method, e.g. kd, at, dkd, ft, sskd (every method: README, section Training).",
+            help=f"Distillation method: {', '.join(METHOD_NAMES)} (README, section Training, says what each does).",
             show_default=False,
         ),
     ],
@@ -148,10 +171,12 @@ def distill(
     nproc: NprocOpt = None,
 ) -> None:
     """Stage 2: distil a fresh student of SPEC from a trained teacher (SFTN or standard)."""
-    _launch(nproc, "distill")
+    from splicer.training.stage2 import check_distill
     from splicer.training.stage2 import distill as distill_student
 
     resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed)
+    check_distill(resolved, teacher, method, out, resume)
+    _launch(nproc, "distill", resolved)
     _report(distill_student(resolved, teacher, method, out=out, resume=resume, quiet=quiet))
 
 
@@ -257,10 +282,18 @@ def run(
     probe_device: Annotated[
         str, typer.Option("--probe-device", help="Device of the probes: auto, cpu or cuda.")
     ] = "auto",
+    sftn_from: Annotated[
+        str,
+        typer.Option(
+            "--sftn-from",
+            help="How the SFTN teacher starts: scratch (the paper), standard (fine-tune the standard teacher of "
+            "the same seed, by the spec's finetune: section) or scratch,standard (both: three teacher columns).",
+        ),
+    ] = "scratch",
 ) -> None:
     """Train standard and SFTN teachers, the student alone and distilled from each; report them side by side."""
-    _launch(nproc, "run")
     from splicer.errors import SplicerError
+    from splicer.training.experiment import SFTN_FROM, check_method_names, check_methods, experiment_folder
     from splicer.training.online import BASELINES
 
     resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device)
@@ -269,33 +302,56 @@ def run(
 
         resolved = scale_schedule(resolved, schedule_scale)
     requested = _split(methods) if methods is not None else list(resolved.distill.methods)
+    check_method_names(requested, f"--methods {methods}" if methods is not None else f"{spec}: distill.methods")
     baselines = [m for m in requested if m in BASELINES]
     method_list = [m for m in requested if m not in BASELINES] or (["kd"] if baselines else [])
     try:
         seed_list = [int(s) for s in _split(seeds)] if seeds is not None else [resolved.train.seed]
     except ValueError:
         raise SplicerError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not seed_list:
+        raise SplicerError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2")
     probe_data = None
     if probe is not None:
-        from splicer.training.probe import load_probe_data
+        from splicer.training.probe import check_probe_input, load_probe_data
 
         probe_data = load_probe_data(probe)
+        check_probe_input(probe_data, resolved.input_size, f"the networks of spec {resolved.name!r}")
+    if probe_device not in ("auto", "cpu", "cuda"):
+        raise SplicerError(f"--probe-device {probe_device!r}: use auto, cpu or cuda")
     if sweep:
-        from splicer.training.sweep import parse_sweeps, render_markdown, run_sweep
+        from splicer.training.sweep import check_sweep, parse_sweeps, render_markdown, run_sweep
 
-        if baselines or probe_data is not None:
-            raise SplicerError("--sweep compares SFTN settings; run baselines (dml, kdcl, rco) and --probe without it")
-        report = run_sweep(resolved, parse_sweeps(sweep), method_list, seed_list, out=out, quiet=quiet)
+        if baselines or probe_data is not None or sftn_from != "scratch":
+            raise SplicerError(
+                "--sweep compares SFTN settings; run baselines (dml, kdcl, rco), --probe and --sftn-from without it"
+            )
+        sweeps = parse_sweeps(sweep)
+        check_sweep(resolved, sweeps, method_list, seed_list, out)
+        _launch(nproc, "run", resolved)
+        report = run_sweep(resolved, sweeps, method_list, seed_list, out=out, quiet=quiet)
         if not _is_main():
             return
         typer.echo(render_markdown(report))
         typer.echo(f"wrote {report['folder']}/report.md and report.json")
         return
+    starts = tuple(_split(sftn_from))
+    if "scratch" not in starts and baselines:
+        raise SplicerError("--sftn-from: baselines (dml, kdcl, rco) compare with the SFTN from scratch; add scratch")
+    unknown_start = [value for value in starts if value not in SFTN_FROM]
+    if unknown_start or not starts:
+        raise SplicerError(f"--sftn-from {sftn_from}: use {', '.join(SFTN_FROM)} or both, e.g. --sftn-from scratch,standard")
+    check_methods(resolved, method_list)
+    if "rco" in baselines and anchors < 1:
+        raise SplicerError(f"--anchors {anchors}: rco follows the standard teacher's anchor checkpoints; use 1 or more")
+    if out is not None or resume:
+        out = experiment_folder(resolved.name, out, resume)  # checks the folder, writes nothing
+    _launch(nproc, "run", resolved)
     from splicer.training.experiment import render_markdown, run_experiment
 
     rco_anchors = anchors if "rco" in baselines else 0
     report = run_experiment(
-        resolved, method_list, seed_list, out=out, resume=resume, quiet=quiet, anchors=rco_anchors
+        resolved, method_list, seed_list, out=out, resume=resume, quiet=quiet, anchors=rco_anchors, sftn_from=starts
     )
     text = render_markdown(report)
     if baselines:

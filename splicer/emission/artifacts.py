@@ -33,6 +33,43 @@ def resolved_spec_yaml(result: BuildResult) -> str:
     return yaml.safe_dump(result.resolved_spec().model_dump(mode="json"), sort_keys=False)
 
 
+BUILD_FILES = (
+    "sftn.py",
+    "train_sftn.py",
+    "report.md",
+    "branch_graph.dot",
+    "branch_graph.mmd",
+    "spec.resolved.yaml",
+    "branch_graph.svg",
+    "branch_graph.png",
+)
+"""The files :func:`emit_artifacts` writes."""
+
+
+def check_build_folder(out_dir: Path, spec_name: str, force: bool) -> None:
+    """A build may go into a new or empty folder, or over a build of the same spec; over another spec's
+    build, or files of its names, only with ``force``; never into a training run or an experiment."""
+    from splicer.errors import SplicerError
+    from splicer.training.runs import built_spec_name, folder_contents
+
+    found = folder_contents(out_dir)
+    if found is None:
+        return
+    kind, what = found
+    if kind in ("run", "experiment", "sweep"):
+        raise SplicerError(f"--out {out_dir}: this folder holds {what}; nothing was written. Choose another --out")
+    if kind == "build" and built_spec_name(out_dir) == spec_name:
+        return
+    clashes = [name for name in BUILD_FILES if (out_dir / name).exists()]
+    if force or not clashes:
+        return
+    raise SplicerError(
+        f"--out {out_dir}: this folder holds {what}, and building spec {spec_name!r} would overwrite "
+        f"{', '.join(clashes[:3])}{' and more' if len(clashes) > 3 else ''}; nothing was written. "
+        "Choose another --out, or pass --force to replace them"
+    )
+
+
 def emit_artifacts(result: BuildResult, out_dir: str | Path) -> dict[str, Path]:
     """Write every artifact; returns what was written by kind.
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from splicer.errors import SplicerError
+from splicer.errors import SplicerError, did_you_mean
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 ONNX_SINGLE_FILE_BYTES = 1 << 30
@@ -175,5 +175,5 @@ FORMATS: dict[str, Format] = {
 def get_format(name: str) -> Format:
     """The format called ``name``, or a message that lists the valid ones."""
     if name not in FORMATS:
-        raise SplicerError(f"--format {name!r}: unknown format; valid: {', '.join(FORMATS)}")
+        raise SplicerError(f"--format {name!r}: unknown format{did_you_mean(name, FORMATS) or ';'} valid: {', '.join(FORMATS)}")
     return FORMATS[name]

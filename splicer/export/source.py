@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from splicer.assembly.tapped import TappedBlockNet
-from splicer.errors import SplicerError
+from splicer.errors import SplicerError, did_you_mean
 from splicer.spec import Spec, spec_from_dict
 from splicer.training.checkpoint import TEACHER_KINDS, load_checkpoint, original_from_checkpoint
 from splicer.training.runs import RunDir
@@ -63,7 +63,7 @@ def open_source(folder: RunDir, which: str) -> ExportSource:
 def check_run(run: str | Path, which: str) -> RunDir:
     """The run folder ``run``, which must hold a ``which`` checkpoint; what it is instead, and what to pass, if not."""
     if which not in WHICH:
-        raise SplicerError(f"--which {which!r}: use one of {', '.join(WHICH)}")
+        raise SplicerError(f"--which {which!r}: unknown checkpoint{did_you_mean(which, WHICH) or ';'} use one of {', '.join(WHICH)}")
     folder = RunDir(Path(run))
     path = folder.path
     if path.is_file():
@@ -102,10 +102,10 @@ def _data_facts_from_data_set(spec: Spec) -> dict[str, Any]:
 
 
 def _without_initial_weights(spec: Spec) -> Spec:
-    """``spec`` without the networks' ``checkpoint:`` (weights to start training from): the trained weights
-    replace them, so an export needs no such file where it runs."""
+    """``spec`` without the networks' ``checkpoint:`` and ``pretrained:`` (weights to start training from):
+    the trained weights replace them, so an export needs no such file (or network) where it runs."""
     update = {
-        role: network.model_copy(update={"checkpoint": None})
+        role: network.model_copy(update={"checkpoint": None, "pretrained": False})
         for role in ("teacher", "student", "branch_student")
         if (network := getattr(spec, role)) is not None
     }

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import keyword
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import torch
 from torch import nn
 
 from splicer.errors import ModelSourceError, did_you_mean
+from splicer.files import unreadable_checkpoint
 
 
 def check_model_reference(reference: str) -> str | None:
@@ -43,13 +47,36 @@ def check_model_reference(reference: str) -> str | None:
         if not module_name or not factory:
             return f"python model reference {reference!r} needs the form python:MODULE:FACTORY"
         try:
-            module = importlib.import_module(module_name)
+            module = import_user_module(module_name)
         except ImportError as exc:
-            return f"cannot import module {module_name!r}: {exc}"
+            missing = getattr(exc, "name", None)
+            if missing is not None and module_name.split(".")[0] == missing.split(".")[0]:
+                return (
+                    f"cannot import module {module_name!r} ({exc}): a python: model's module must be importable; "
+                    f"run splicer from the folder that holds it, or put that folder on PYTHONPATH "
+                    f"(e.g. PYTHONPATH=examples splicer inspect {reference})"
+                )
+            return f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
         if not callable(getattr(module, factory, None)):
             public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
             return f"module {module_name!r} has no callable {factory!r}{did_you_mean(factory, public)}"
     return None
+
+
+def import_user_module(name: str) -> Any:
+    """Import the module of a ``python:`` reference. Like ``python -m``, the current folder is searched
+    too (after everything else, and only for this import), so ``splicer`` finds a module next to the user."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        cwd = os.getcwd()
+        if exc.name != name.split(".")[0] or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        try:
+            return importlib.import_module(name)
+        finally:
+            sys.path.remove(cwd)
 
 
 def create_model(
@@ -76,7 +103,7 @@ def create_model(
             model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
         else:
             module_name, _, factory = name.rpartition(":")
-            model = getattr(importlib.import_module(module_name), factory)(num_classes=num_classes, **kwargs)
+            model = getattr(import_user_module(module_name), factory)(num_classes=num_classes, **kwargs)
     except TypeError as exc:
         raise ModelSourceError(f"cannot create {reference} with kwargs {kwargs}: {exc}") from None
     if not isinstance(model, nn.Module):
@@ -84,6 +111,45 @@ def create_model(
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, reference)
     return model
+
+
+def default_task(reference: str) -> tuple[tuple[int, int, int], int, str]:
+    """The input size and class count a model reference is made for, and where they come from:
+    timm's pretrained config for ``timm:``, ImageNet's for ``torchvision:``, CIFAR-100's otherwise."""
+    source, _, name = reference.partition(":")
+    if source == "timm":
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name)
+        if cfg is not None and cfg.input_size is not None:
+            return tuple(cfg.input_size), int(cfg.num_classes or 1000), "timm's pretrained_cfg"  # type: ignore[return-value]
+        return (3, 224, 224), 1000, "ImageNet's"
+    if source == "torchvision":
+        return (3, 224, 224), 1000, "ImageNet's"
+    return (3, 32, 32), 100, "CIFAR-100's"
+
+
+def native_input_size(model: nn.Module) -> tuple[int, int, int] | None:
+    """The input size a timm model was made for (its ``pretrained_cfg``), else None."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    return tuple(int(d) for d in size) if size is not None and len(size) == 3 else None  # type: ignore[return-value]
+
+
+def input_size_hint(model: nn.Module, input_size: tuple[int, ...], kwargs_field: str | None) -> str:
+    """What would make ``model`` run: its own input size, and the keyword that gives it another one.
+
+    ``kwargs_field`` is where the user writes keyword arguments (``teacher.kwargs``); None where there is none.
+    """
+    native = native_input_size(model)
+    if native is None or tuple(native) == tuple(input_size):
+        return ""
+    text = f"the model is made for {'x'.join(map(str, native))} (timm's pretrained_cfg input_size)"
+    init = inspect.signature(type(model).__init__).parameters
+    if "img_size" in init and len(input_size) == 3 and kwargs_field is not None:
+        side = input_size[1] if input_size[1] == input_size[2] else list(input_size[1:])
+        text += f"; to build it for this input, set {kwargs_field}: {{img_size: {side}}}"
+    return text
 
 
 def constructor_source(reference: str, num_classes: int, kwargs: dict[str, Any] | None = None) -> tuple[str, str]:
@@ -115,7 +181,10 @@ def load_checkpoint(model: nn.Module, path: str | Path, reference: str) -> None:
     path = Path(path)
     if not path.is_file():
         raise ModelSourceError(f"checkpoint {path} for {reference} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: torch raises many different types
+        raise unreadable_checkpoint(path, exc, f"a state_dict file for {reference}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

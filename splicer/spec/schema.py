@@ -37,7 +37,20 @@ class NetworkSpec(_Strict):
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments passed to the model factory.")
     checkpoint: str | None = Field(
-        default=None, description="Optional local state_dict file loaded with weights_only=True."
+        default=None,
+        description="Optional initial weights, loaded with weights_only=True: a state_dict file of the model "
+        "(its own keys). For the teacher also a splicer stage-1 run folder or checkpoint (standard or SFTN: its "
+        "teacher part); `splicer train --from` sets it.",
+    )
+    pretrained: bool = Field(
+        False,
+        description="Teacher only: start from the library's pretrained weights (timm: or torchvision: models), "
+        "downloaded by the library itself. Offline, save them elsewhere and pass the file with --from.",
+    )
+    head: Literal["keep", "reset"] = Field(
+        "keep",
+        description="Teacher only: reset, re-initialise the classification head when the initial weights "
+        "(checkpoint, pretrained) have another class count; keep refuses such weights.",
     )
     blocks: list[str] | Literal["auto"] = Field(
         default="auto",
@@ -48,6 +61,14 @@ class NetworkSpec(_Strict):
         default=None, ge=2, description="With blocks: auto, how many blocks to cut (default: one per stage)."
     )
 
+    @model_validator(mode="after")
+    def _one_start(self) -> NetworkSpec:
+        if self.pretrained and self.checkpoint is not None:
+            raise ValueError(
+                "pretrained: true and checkpoint both give initial weights; keep one (--from FILE replaces pretrained)"
+            )
+        return self
+
     @field_validator("model")
     @classmethod
     def _known_source(cls, value: str) -> str:
@@ -57,7 +78,10 @@ class NetworkSpec(_Strict):
                 f"model reference {value!r} needs the form SOURCE:NAME with SOURCE one of {', '.join(MODEL_SOURCES)}"
             )
         if source not in MODEL_SOURCES:
-            raise ValueError(f"unknown model source {source!r}; valid sources: {', '.join(MODEL_SOURCES)}")
+            from splicer.errors import did_you_mean
+
+            hint = did_you_mean(source, MODEL_SOURCES) or ";"
+            raise ValueError(f"unknown model source {source!r}{hint} valid sources: {', '.join(MODEL_SOURCES)}")
         return value
 
     @field_validator("blocks")
@@ -193,6 +217,48 @@ class TrainSpec(_Strict):
         return data
 
 
+class FinetuneSpec(_Strict):
+    """Stage 1 from a teacher you have (teacher.checkpoint or teacher.pretrained): a shorter recipe.
+
+    Unset fields derive from ``train``; momentum, weight decay and batch size stay ``train``'s.
+    """
+
+    epochs: int | None = Field(None, ge=1, description="Fine-tuning epochs (default: a quarter of train.epochs).")
+    lr: float | None = Field(None, gt=0, description="Learning rate of the branches (default: train.lr / 10).")
+    milestones: list[int] = Field(default_factory=list, description="Epochs where the LR drops (default: none).")
+    gamma: float = Field(0.1, gt=0, description="LR factor at each milestone.")
+    teacher_lr_mult: float = Field(
+        1.0,
+        ge=0,
+        description="The teacher's blocks through freeze_through learn at lr x this; 0 freezes them "
+        "(no gradient, BatchNorm in eval mode). What follows them, and the branches, learn at lr.",
+    )
+    freeze_through: int | str | None = Field(
+        None,
+        description="Last teacher block teacher_lr_mult applies to: a 1-based block index or a block end name "
+        "(default: every block and the head).",
+    )
+
+    @field_validator("freeze_through")
+    @classmethod
+    def _positive_block(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("freeze_through counts blocks from 1 (the first block), or names a block end")
+        return value
+
+    @model_validator(mode="after")
+    def _sorted_milestones(self) -> FinetuneSpec:
+        if self.milestones != sorted(set(self.milestones)):
+            raise ValueError(f"milestones {self.milestones} must be distinct and increasing")
+        return self
+
+    def recipe(self, train: TrainSpec) -> TrainSpec:
+        """``train`` with this section's epochs and schedule: the recipe a fine-tuning run follows."""
+        epochs = self.epochs if self.epochs is not None else max(1, -(-train.epochs // 4))
+        lr = self.lr if self.lr is not None else train.lr / 10
+        return train.model_copy(update={"epochs": epochs, "lr": lr, "milestones": self.milestones, "gamma": self.gamma})
+
+
 class DistillSpec(_Strict):
     """Stage 2: how a fresh student learns from the frozen teacher."""
 
@@ -230,6 +296,11 @@ class Spec(_Strict):
     data: DataSpec = Field(default_factory=DataSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
+    finetune: FinetuneSpec | None = Field(
+        None,
+        description="Stage 1's recipe when the teacher starts from weights (teacher.checkpoint, teacher.pretrained, "
+        "splicer train --from, splicer run --sftn-from standard); without it such a start follows train.",
+    )
     _source: str = PrivateAttr("<spec>")  # the file it came from, for error messages
 
     @property
@@ -245,6 +316,28 @@ class Spec(_Strict):
     def branch_role(self) -> str:
         """The spec section the branch network comes from, for messages and reports."""
         return "branch_student" if self.branch_student is not None else "student"
+
+    @property
+    def teacher_starts_trained(self) -> bool:
+        """Whether stage 1 starts from weights the user has rather than from a fresh initialisation."""
+        return self.teacher.checkpoint is not None or self.teacher.pretrained
+
+    def stage1_recipe(self) -> TrainSpec:
+        """The recipe stage 1 follows: ``finetune`` over ``train`` when the teacher starts trained."""
+        if self.finetune is not None and self.teacher_starts_trained:
+            return self.finetune.recipe(self.train)
+        return self.train
+
+    @model_validator(mode="after")
+    def _teacher_only_starts(self) -> Spec:
+        for role in ("student", "branch_student"):
+            network = getattr(self, role)
+            if network is not None and (network.pretrained or network.head != "keep"):
+                raise ValueError(
+                    f"{role}: pretrained and head are teacher settings (stage 1 starts from the teacher you have); "
+                    f"a {role} starts fresh or from a local state_dict in {role}.checkpoint"
+                )
+        return self
 
     @field_validator("input_size")
     @classmethod

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from splicer.errors import SplicerError
+from splicer.files import unreadable_checkpoint
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,15 +52,18 @@ def copy_atomic(source: Path, target: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by splicer, loaded on the CPU without unpickling arbitrary objects."""
+    """A checkpoint written by splicer, loaded on the CPU without unpickling arbitrary objects; refused
+    when it holds something else or weights that are not finite (see :mod:`checkpoint_checks`)."""
+    from splicer.training.checkpoint_checks import check_finite, check_is_run_checkpoint
+
     if not path.is_file():
         raise SplicerError(f"{path}: no such checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: torch raises many different types
-        raise SplicerError(f"{path}: not a readable splicer checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or "kind" not in state or "model" not in state:
-        raise SplicerError(f"{path}: not a splicer training checkpoint (no 'kind' and 'model' entries)")
+        raise unreadable_checkpoint(path, exc, "a splicer checkpoint (.pt)") from None
+    check_is_run_checkpoint(state, path)
+    check_finite(state, path)
     return state
 
 
@@ -67,13 +71,24 @@ def resolve_checkpoint(run: str | Path, which: str = "last") -> Path:
     """A run folder (its ``<which>.pt``) or a checkpoint file, as users pass them on the command line."""
     path = Path(run)
     if path.is_dir():
-        path = path / f"{which}.pt"
-        if not path.is_file():
-            raise SplicerError(f"{run}: no {which}.pt in this folder; is it a finished or started `splicer train` run?")
-        return path
+        if not (path / f"{which}.pt").is_file():
+            raise SplicerError(f"{run}: no {which}.pt in this folder; {_what_instead(path)}")
+        return path / f"{which}.pt"
     if not path.is_file():
         raise SplicerError(f"{run}: no such run folder or checkpoint file")
     return path
+
+
+def _what_instead(folder: Path) -> str:
+    """What a folder without a checkpoint holds, and which of its runs to pass instead."""
+    from splicer.training.runs import folder_contents
+
+    found = folder_contents(folder)
+    runs = sorted(p.parent for p in folder.glob("**/last.pt"))
+    if found is not None and found[0] in ("experiment", "sweep") and runs:
+        shown = ", ".join(str(run) for run in runs[:2])
+        return f"it holds {found[1]}; pass one of its {len(runs)} runs, e.g. {shown}"
+    return "is it a finished or started `splicer train` run?"
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -139,6 +154,7 @@ def original_from_checkpoint(
     """
     from splicer.assembly.build import block_net, compile_spec, plan_network
     from splicer.spec import spec_from_dict
+    from splicer.training.checkpoint_checks import check_fits
 
     if spec is None:
         spec = spec_from_dict(checkpoint["spec"], source=f"{path} (spec)")
@@ -150,17 +166,11 @@ def original_from_checkpoint(
         )
     with torch.random.fork_rng(devices=[]):
         if kind in TEACHER_KINDS:
-            result = compile_spec(spec)
+            result = compile_spec(spec, initial_weights=False)  # the checkpoint's weights replace them
             network, original, state = result.sftn.teacher, result.teacher.model, teacher_state(checkpoint)
         else:
             plan = plan_network(spec, spec.student, "student", spec.source)
             network, original, state = block_net(plan), plan.model, checkpoint["model"]
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as exc:
-        role = "teacher" if kind in TEACHER_KINDS else "student"
-        raise SplicerError(
-            f"{path}: this {kind} checkpoint does not fit the {role} {getattr(spec, role).model} of spec "
-            f"{spec.name!r}; was it trained from another spec? ({exc})"
-        ) from None
+    check_fits(network, state, checkpoint, path, "teacher" if kind in TEACHER_KINDS else "student", spec)
+    network.load_state_dict(state)
     return network, original

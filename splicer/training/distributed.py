@@ -31,6 +31,10 @@ TIMEOUT_ENV = "SPLICER_DIST_TIMEOUT"
 """Seconds a collective may wait for the other ranks before the job fails (default 600)."""
 
 
+class RankError(SplicerError):
+    """A user error that concerns one process (its GPU, its environment), which the other ranks may not meet."""
+
+
 @dataclass(frozen=True)
 class Distributed:
     """Where this process stands among the processes of one training job."""
@@ -49,10 +53,23 @@ class Distributed:
                 local_rank=int(os.environ.get("LOCAL_RANK", "0")),
             )
         except ValueError:
-            raise SplicerError("RANK, WORLD_SIZE and LOCAL_RANK must be integers when set") from None
+            raise RankError("RANK, WORLD_SIZE and LOCAL_RANK must be integers when set") from None
         if dist.world_size < 1 or not 0 <= dist.rank < dist.world_size:
-            raise SplicerError(f"RANK={dist.rank} does not fit WORLD_SIZE={dist.world_size}")
+            raise RankError(f"RANK={dist.rank} does not fit WORLD_SIZE={dist.world_size}")
         return dist
+
+    @classmethod
+    def prints(cls, error: SplicerError) -> bool:
+        """Whether this process prints a user error. Under torchrun every rank checks the same plan and
+        meets the same mistake, so the first process of each machine (local rank 0) alone says it: once
+        on one machine, and still once per machine for what differs between machines (a missing data
+        folder). A :class:`RankError` is said by each process that meets it."""
+        if isinstance(error, RankError):
+            return True
+        try:
+            return cls.from_env().local_rank == 0
+        except SplicerError:
+            return True
 
     @property
     def is_main(self) -> bool:
@@ -71,7 +88,7 @@ class Distributed:
         if not cuda:
             return torch.device("cpu")
         if self.local_rank >= torch.cuda.device_count():
-            raise SplicerError(
+            raise RankError(
                 f"LOCAL_RANK={self.local_rank} but this machine has {torch.cuda.device_count()} GPU(s); "
                 "start at most one process per GPU (torchrun --nproc_per_node)"
             )
@@ -85,7 +102,7 @@ class Distributed:
         if not self.active or td.is_initialized():
             return
         if "MASTER_ADDR" not in os.environ:
-            raise SplicerError(
+            raise RankError(
                 f"WORLD_SIZE={self.world_size} but no rendezvous address (MASTER_ADDR) is set; "
                 "start multi-process training with torchrun (or splicer ... --nproc N)"
             )

@@ -128,6 +128,9 @@ class Stage:
     meta: dict[str, Any] = field(default_factory=dict)  # stored in every checkpoint
     epoch_hooks: list[Callable[[int], None]] = field(default_factory=list)  # told each epoch (0-based) before it runs
     lr_setting: str = "train.lr (--lr)"  # where the user sets the learning rate, named when the loss diverges
+    recipe: TrainSpec | None = None  # the optimisation recipe; None: the spec's train (stage 1 may fine-tune)
+    lr_mult: list[tuple[nn.Module, float]] = field(default_factory=list)  # parts of the model at lr x factor
+    notes: list[str] = field(default_factory=list)  # said once when the run starts (what is frozen, ...)
 
     def trained(self) -> list[nn.Module]:
         return [self.model, *self.extra.values()]
@@ -196,14 +199,15 @@ def fit(
     accuracy come from ``run/last.pt``, and each epoch's data order is a function of
     (seed, epoch): the run ends with exactly the weights an uninterrupted run would have.
     """
-    recipe = spec.train
+    recipe = stage.recipe or spec.train
     spec_dict = spec.model_dump(mode="json")
     run = dist.from_main(run)  # one folder, even when each rank named a fresh one at a different second
     dist.check_batch_size(recipe.batch_size)
     dist.shard(data)
     step = training_step(stage, recipe, runtime, dist)
-    params = [p for module in stage.trained() for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.SGD(
+        _param_groups(stage, recipe.lr), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=recipe.milestones, gamma=recipe.gamma)
     logger = RunLogger(run, dist, stage.title, quiet)
     start, best = 0, {"top1": None, "top5": None, "epoch": None}
@@ -225,6 +229,8 @@ def fit(
         start, best = state["epoch"], state["best"]
         logger.info(f"{stage.title}: resuming {run.path} after epoch {start}")
     with logger.recording(spec_dict, start if resume else None):
+        for note in stage.notes:
+            logger.info(f"{stage.title}: {note}")
         compile_seconds = None
         for epoch in range(start, recipe.epochs):
             started = time.perf_counter()
@@ -269,6 +275,19 @@ def fit(
         logger.finish(summary, stage.kl_term)
     dist.barrier()  # ... and summary.json, which `splicer run` reads next on every rank
     return summary
+
+
+def _param_groups(stage: Stage, lr: float) -> list[dict[str, Any]]:
+    """The trained parameters at ``lr``, then one group per ``stage.lr_mult`` entry at lr x its factor;
+    the same groups in the same order on every start, so that a resume restores the optimizer state."""
+    scaled = [(list(module.parameters()), factor) for module, factor in stage.lr_mult]
+    taken = {id(p) for params, _ in scaled for p in params}
+    main = [p for module in stage.trained() for p in module.parameters() if p.requires_grad and id(p) not in taken]
+    groups = [{"params": main, "lr": lr}]
+    groups += [
+        {"params": [p for p in params if p.requires_grad], "lr": lr * factor} for params, factor in scaled if factor > 0
+    ]
+    return [group for group in groups if group["params"]]
 
 
 def _train_epoch(

@@ -118,6 +118,12 @@ def evaluate_run(run: str | Path, teacher: str | Path | None = None, device: str
     runtime = Runtime.create(device, Distributed.from_env())
     last_path = resolve_checkpoint(run, "last")
     last = load_checkpoint(last_path)
+    if teacher is not None:  # checked before any data is built or network scored
+        from splicer.training.checkpoint_checks import check_same_task
+
+        teacher_path = resolve_checkpoint(teacher, "last")
+        teacher_state = load_checkpoint(teacher_path)
+        check_same_task(teacher_state, teacher_path, last, last_path)
     spec = spec_from_dict(last["spec"], source=f"{last_path} (spec)")
     data = build_data(
         spec.data, spec.input_size, spec.num_classes, spec.train.batch_size, runtime.device, spec.train.seed
@@ -138,8 +144,7 @@ def evaluate_run(run: str | Path, teacher: str | Path | None = None, device: str
         top1, top5 = accuracy(networks[which], data.eval, runtime)
         result[which] = {"top1": top1, "top5": top5, "epoch": state["epoch"]}
     if teacher is not None:
-        teacher_path = resolve_checkpoint(teacher, "last")
-        teacher_net = runtime.place(network_from_checkpoint(load_checkpoint(teacher_path), teacher_path))
+        teacher_net = runtime.place(network_from_checkpoint(teacher_state, teacher_path))
         score = similarity(teacher_net, networks["last"], data.eval, runtime)
         result["similarity"] = {"teacher": str(teacher_path), "kl": score.kl, "cka": score.cka}
     return result

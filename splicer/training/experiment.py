@@ -32,11 +32,18 @@ from splicer.training.evaluate import similarity
 from splicer.training.logging import read_metrics
 from splicer.training.methods import METHODS
 from splicer.training.methods.base import method_options
-from splicer.training.runs import RUNS_ROOT, RunDir, fresh_folder
+from splicer.training.runs import RUNS_ROOT, RunDir, folder_contents, fresh_folder
 from splicer.training.stage1 import train_teacher
 from splicer.training.stage2 import distill, train_student
 
 TEACHERS = ("standard", "sftn")
+FINETUNED = "sftn-finetuned"
+"""The SFTN fine-tuned from the standard teacher (``--sftn-from standard``)."""
+SFTN_FROM = {"scratch": "sftn", "standard": FINETUNED}
+"""``--sftn-from`` values and the teacher each trains."""
+TEACHER_TITLES = {"standard": "Standard", "sftn": "SFTN", FINETUNED: "SFTN fine-tuned"}
+DELTA_KEYS = {"sftn": "delta", FINETUNED: "delta_finetuned"}
+"""Where a report keeps each SFTN's difference to the standard teacher."""
 PAPER_ORDER = ("kd", "fitnets", "at", "sp", "vid", "rkd", "pkt", "ab", "ft", "crd", "sskd", "oh", "dkd")
 """The rows of the paper's tables 1 and 2, then DKD; other registered methods follow by name."""
 METHOD_TITLES = {"fitnets": "FitNets"}
@@ -55,6 +62,38 @@ def expand_methods(methods: list[str]) -> list[str]:
     return list(dict.fromkeys(expanded))
 
 
+def check_method_names(names: list[str], where: str) -> None:
+    """Refuse a name that is neither a distillation method, a baseline nor ``all``, before anything trains;
+    ``where`` is what the user wrote it in (``--methods``, ``distill.methods``)."""
+    from splicer.errors import did_you_mean
+    from splicer.training.online import BASELINES
+
+    valid = ["all", *sorted(METHODS), *BASELINES]
+    for name in names:
+        if name not in valid:
+            raise SplicerError(
+                f"{where}: unknown method {name!r}{did_you_mean(name, valid) or '.'} Valid: {', '.join(valid)} "
+                "(distillation methods, then the baselines)"
+            )
+    if not names:
+        raise SplicerError(f"{where}: no method given; e.g. kd,at or all")
+
+
+def check_methods(spec: Spec, methods: list[str]) -> list[str]:
+    """``methods`` expanded (``all``) and checked, names and ``distill.options``, against ``spec``:
+    a typo fails before any teacher trains, not after."""
+    methods = expand_methods(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        check_method_names(unknown, "methods")  # a misspelt name: its message with suggestions
+        raise SplicerError(f"run_experiment: {', '.join(unknown)} are baselines; train them with train_baseline")
+    if not methods:
+        raise SplicerError("splicer run needs at least one method and one seed")
+    for method in methods:
+        method_options(method, spec.distill)
+    return methods
+
+
 def run_experiment(
     spec: Spec,
     methods: list[str],
@@ -63,24 +102,27 @@ def run_experiment(
     resume: bool = False,
     quiet: bool = False,
     anchors: int = 0,
+    sftn_from: tuple[str, ...] = ("scratch",),
 ) -> dict[str, Any]:
     """Train everything the comparison needs and write report.md, report.json and curves.png; returns the report.
 
     With ``anchors``, the standard teacher also saves that many anchor checkpoints (for RCO).
+    ``sftn_from``: how the SFTN teachers start (:data:`SFTN_FROM`): ``scratch`` trains the paper's SFTN,
+    ``standard`` fine-tunes the standard teacher of the same seed into one (the spec's ``finetune:``
+    recipe, by default its defaults); both give the three teacher columns.
     """
-    methods = expand_methods(methods)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
+    unknown_start = [value for value in sftn_from if value not in SFTN_FROM]
+    if unknown_start or not sftn_from:
         raise SplicerError(
-            f"unknown distillation method(s) {', '.join(unknown)}; valid: all, {', '.join(sorted(METHODS))}"
+            f"--sftn-from {','.join(sftn_from)}: use {', '.join(SFTN_FROM)} or both, e.g. --sftn-from scratch,standard"
         )
-    if not methods or not seeds:
+    teachers = ["standard", *(SFTN_FROM[value] for value in SFTN_FROM if value in sftn_from)]
+    methods = check_methods(spec, methods)
+    if not seeds:
         raise SplicerError("splicer run needs at least one method and one seed")
-    for method in methods:  # a typo in distill.options fails now, not after the teachers have trained
-        method_options(method, spec.distill)
     dist = Distributed.from_env()
     runtime = Runtime.for_spec(spec, dist)
-    root = dist.from_main(_experiment_folder(spec.name, out, resume))
+    root = dist.from_main(experiment_folder(spec.name, out, resume))
     if dist.is_main:
         root.mkdir(parents=True, exist_ok=True)
     # The eval split does not depend on the seed: one stream scores every pair.
@@ -90,8 +132,10 @@ def run_experiment(
     results = {}
     for seed in seeds:
         seeded = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": seed})})
-        results[seed] = _seed_runs(seeded, root / f"seed{seed}", methods, resume, quiet, runtime, data, anchors)
-    report = build_report(spec, methods, seeds, results)
+        results[seed] = _seed_runs(
+            seeded, root / f"seed{seed}", methods, resume, quiet, runtime, data, anchors, teachers
+        )
+    report = build_report(spec, methods, seeds, results, teachers)
     report["folder"] = str(root)
     if not dist.is_main:
         return report
@@ -99,15 +143,31 @@ def run_experiment(
     _plot(
         results[seeds[0]],
         methods,
+        teachers,
         root / "curves.png",
         f"{spec.name}: students from the standard vs the SFTN teacher (seed {seeds[0]})",
     )
     return report
 
 
-def _experiment_folder(name: str, out: Path | None, resume: bool) -> Path:
+def experiment_folder(name: str, out: Path | None, resume: bool) -> Path:
+    """The experiment folder to write: ``out``, the latest experiment when resuming, or a new one.
+
+    Refuses a folder that holds anything but an experiment, a non-empty one without ``--resume``
+    and, with ``--resume``, a folder that holds no experiment to continue."""
     if out is not None:
         root = Path(out)
+        found = folder_contents(root)
+        if resume and found is None:
+            raise SplicerError(
+                f"--resume: {root} holds no experiment to resume ({'it is empty' if root.is_dir() else 'no such folder'}); "
+                "drop --resume to start a new one there"
+            )
+        if found is not None and found[0] != "experiment":
+            raise SplicerError(
+                f"--out {root}: this folder holds {found[1]}, not an experiment of `splicer run`; nothing was written. "
+                "Choose another --out"
+            )
     elif resume:
         found = sorted((RUNS_ROOT / name).glob("experiment-*"), key=lambda p: p.stat().st_mtime)
         if not found:
@@ -116,7 +176,9 @@ def _experiment_folder(name: str, out: Path | None, resume: bool) -> Path:
     else:
         root = fresh_folder(RUNS_ROOT / name, "experiment")
     if not resume and root.exists() and any(root.iterdir()):
-        raise SplicerError(f"{root} is not empty; pass --resume to continue that experiment, or choose another --out")
+        raise SplicerError(
+            f"{root} already holds an experiment; pass --resume to continue it, or choose another --out"
+        )
     return root
 
 
@@ -129,26 +191,28 @@ def _seed_runs(
     runtime: Runtime,
     data: DataBundle,
     anchors: int = 0,
+    teachers: list[str] | tuple[str, ...] = TEACHERS,
 ) -> dict[str, Any]:
     """The summaries of every run of one seed, teachers first; each distilled student with its similarity.
 
     A distillation that fails gives ``{"run": folder, "error": message}`` instead of a summary.
     """
     runs: dict[str, Any] = {}
-    for kind in TEACHERS:
+    for kind in teachers:
         path = folder / kind
         if kind == "standard" and anchors:
             runs[kind] = _finished(path, spec, resume) or train_anchored_teacher(
                 spec, path, anchors, _resumable(path, resume), quiet
             )
             continue
-        runs[kind] = _finished(path, spec, resume) or train_teacher(
-            spec, kind == "standard", path, _resumable(path, resume), quiet
+        stage1 = finetuned_spec(spec, folder / "standard") if kind == FINETUNED else spec
+        runs[kind] = _finished(path, stage1, resume) or train_teacher(
+            stage1, kind == "standard", path, _resumable(path, resume), quiet
         )
     path = folder / "student"
     runs["student"] = _finished(path, spec, resume) or train_student(spec, path, _resumable(path, resume), quiet)
     for method in methods:
-        for kind in TEACHERS:
+        for kind in teachers:
             teacher, path = folder / kind, folder / f"{method}-from-{kind}"
             try:
                 summary = _finished(path, spec, resume) or distill(
@@ -160,6 +224,16 @@ def _seed_runs(
                 summary = _record_failure(path, method, kind, exc)
             runs[f"{method}-from-{kind}"] = summary
     return runs
+
+
+def finetuned_spec(spec: Spec, standard: Path) -> Spec:
+    """``spec`` for the SFTN fine-tuned from the standard teacher in ``standard``, by ``spec.finetune``
+    (its defaults when the spec has none)."""
+    from splicer.spec.schema import FinetuneSpec
+    from splicer.training.overrides import start_teacher_from
+
+    started = start_teacher_from(spec, str(standard))
+    return started.model_copy(update={"finetune": spec.finetune or FinetuneSpec()})
 
 
 def _record_failure(path: Path, method: str, kind: str, exc: Exception) -> dict[str, Any]:
@@ -182,7 +256,8 @@ def _finished(folder: Path, spec: Spec, resume: bool) -> dict[str, Any] | None:
     run = RunDir(folder)
     if resume and run.summary.is_file():
         summary = json.loads(run.summary.read_text())
-        if summary["epochs"] >= spec.train.epochs:
+        needed = spec.stage1_recipe().epochs if summary["kind"] in TEACHERS else spec.train.epochs
+        if summary["epochs"] >= needed:
             return {**summary, "run": str(folder)}
     return None
 
@@ -231,16 +306,25 @@ def paired_delta(standard: dict[str, Any], sftn: dict[str, Any]) -> dict[str, An
 
 
 def build_report(
-    spec: Spec, methods: list[str], seeds: list[int], results: dict[int, dict[str, Any]]
+    spec: Spec,
+    methods: list[str],
+    seeds: list[int],
+    results: dict[int, dict[str, Any]],
+    teachers: tuple[str, ...] | list[str] = TEACHERS,
 ) -> dict[str, Any]:
     """Tables 1-2 (final eval top-1, mean ± std over seeds) and table 8 (KL, CKA) as plain data.
 
     A method whose run failed for some seed and teacher has no score for that teacher (None),
     its messages under ``errors``; the Best row and the mean difference use the methods that
-    finished with both teachers. Each difference also has its paired form (``delta_seeds``, see
+    finished with every teacher. ``teachers``: the standard one first, then the SFTNs compared with it
+    (``sftn`` from scratch, ``sftn-finetuned`` fine-tuned from the standard one). Each difference also
+    has its paired form (``delta_seeds``, see
     :func:`paired_delta`). Time per method: mean wall seconds of its runs, their phases
     (AB's, FT's, SSKD's) included, and mean step seconds of the main runs.
     """
+
+    teachers = list(teachers)
+    compared = [kind for kind in teachers if kind in DELTA_KEYS]
 
     def top1(key: str) -> dict[str, Any]:
         return _stats([results[seed][key]["final"]["top1"] for seed in seeds])
@@ -248,13 +332,20 @@ def build_report(
     def finished(key: str) -> bool:
         return all("error" not in results[seed][key] for seed in seeds)
 
+    def differences(scores: dict[str, Any]) -> dict[str, Any]:
+        """Each SFTN's difference to the standard teacher: mean, and seed by seed."""
+        out: dict[str, Any] = {}
+        for kind in compared:
+            both = scores["standard"] is not None and scores[kind] is not None
+            out[DELTA_KEYS[kind]] = scores[kind]["mean"] - scores["standard"]["mean"] if both else None
+            out[f"{DELTA_KEYS[kind]}_seeds"] = paired_delta(scores["standard"], scores[kind]) if both else None
+        return out
+
     rows, similarity_rows = {}, {}
     for method in methods:
-        keys = {kind: f"{method}-from-{kind}" for kind in TEACHERS}
+        keys = {kind: f"{method}-from-{kind}" for kind in teachers}
         row: dict[str, Any] = {kind: top1(key) if finished(key) else None for kind, key in keys.items()}
-        both = row["standard"] is not None and row["sftn"] is not None
-        row["delta"] = row["sftn"]["mean"] - row["standard"]["mean"] if both else None
-        row["delta_seeds"] = paired_delta(row["standard"], row["sftn"]) if both else None
+        row.update(differences(row))
         done = [results[seed][key] for key in keys.values() for seed in seeds if "error" not in results[seed][key]]
         row["wall_seconds"] = (
             statistics.fmean(s["wall_seconds"] + RunDir(Path(s["run"])).phases_wall_seconds() for s in done)
@@ -282,29 +373,35 @@ def build_report(
             else None
             for kind, key in keys.items()
         }
-    complete = [m for m in methods if rows[m]["delta"] is not None]
-    best = {kind: max(rows[m][kind]["mean"] for m in complete) if complete else None for kind in TEACHERS}
-    first = results[seeds[0]]["sftn"]
-    teacher = {kind: top1(kind) for kind in TEACHERS}
+    complete = {kind: [m for m in methods if rows[m][DELTA_KEYS[kind]] is not None] for kind in compared}
+    every = [m for m in methods if all(m in complete[kind] for kind in compared)]  # the Best row compares these
+    best: dict[str, Any] = {kind: max(rows[m][kind]["mean"] for m in every) if every else None for kind in teachers}
+    best.update({DELTA_KEYS[k]: best[k] - best["standard"] if every else None for k in compared})
+    first = results[seeds[0]][teachers[-1]]
+    teacher = {kind: top1(kind) for kind in teachers}
     return {
         "spec": spec.name,
         "teacher_model": spec.teacher.model,
         "student_model": spec.student.model,
         "seeds": seeds,
         "epochs": spec.train.epochs,
+        "teachers": teachers,
+        **({"finetune_epochs": _finetune_epochs(spec)} if FINETUNED in teachers else {}),
         "eval_split": first["eval_split"],
         "metric": "final top-1 accuracy (%) on the eval split, mean and std over seeds",
-        "teacher": {
-            **teacher,
-            "delta": teacher["sftn"]["mean"] - teacher["standard"]["mean"],
-            "delta_seeds": paired_delta(teacher["standard"], teacher["sftn"]),
+        "teacher": {**teacher, **differences(teacher)},
+        "teacher_seconds": {
+            kind: _stats([results[seed][kind]["wall_seconds"] for seed in seeds]) for kind in teachers
         },
         "student_alone": top1("student"),
         "methods": rows,
-        "best": {**best, "delta": best["sftn"] - best["standard"] if complete else None},
-        "mean_delta": {
-            "mean": statistics.fmean(rows[m]["delta"] for m in complete) if complete else None,
-            "methods": complete,
+        "best": best,
+        **{
+            f"mean_{DELTA_KEYS[kind]}": {
+                "mean": statistics.fmean(rows[m][DELTA_KEYS[kind]] for m in complete[kind]) if complete[kind] else None,
+                "methods": complete[kind],
+            }
+            for kind in compared
         },
         "similarity": similarity_rows,
         "runs": {
@@ -317,6 +414,12 @@ def build_report(
             if any("error" in summary for summary in runs.values())
         },
     }
+
+
+def _finetune_epochs(spec: Spec) -> int:
+    from splicer.spec.schema import FinetuneSpec
+
+    return (spec.finetune or FinetuneSpec()).recipe(spec.train).epochs
 
 
 def write_report(report: dict[str, Any], root: Path) -> None:
@@ -336,10 +439,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     def delta(value: float | None) -> str:
         return "" if value is None else f"{value:+.2f}"
 
-    def paired(row: dict[str, Any]) -> str:
-        spread = row["delta_seeds"]
+    def paired(row: dict[str, Any], key: str) -> str:
+        spread = row[f"{key}_seeds"]
         if spread is None or len(spread["values"]) < 2:
-            return delta(row["delta"])
+            return delta(row[key])
         return f"{spread['mean']:+.2f} ± {spread['std']:.2f}"
 
     def seconds(value: float | None) -> str:
@@ -347,53 +450,74 @@ def render_markdown(report: dict[str, Any]) -> str:
             return ""
         return f"{value:.1f} s" if value < 600 else f"{value / 60:.1f} min"
 
+    def columns(row: dict[str, Any], score: Any = cell, difference: Any = paired) -> str:
+        """The standard teacher's cell, then each SFTN's with its difference."""
+        cells = [score(row["standard"])]
+        for kind in compared:
+            cells += [score(row[kind]), difference(row, DELTA_KEYS[kind])]
+        return " | ".join(cells)
+
+    teachers = report.get("teachers", list(TEACHERS))
+    compared = [kind for kind in teachers if kind in DELTA_KEYS]
+    titles = [TEACHER_TITLES[kind] for kind in compared]
     seeds = report["seeds"]
     rows = report["methods"]
     over = f"mean ± std over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
     failures = any(row["errors"] for row in rows.values())
     note_head, note_rule = (" Failure |", "--|") if failures else ("", "")
     pad = " |" if failures else ""
+    blank = " |" * (2 * len(compared))
     lines = [
-        f"# {report['spec']}: SFTN vs standard teacher",
+        f"# {report['spec']}: {' and '.join(titles)} vs standard teacher",
         "",
         f"Teacher {report['teacher_model']}, student {report['student_model']}. "
         f"Final {report['eval_split']} top-1 accuracy (%) after {report['epochs']} epochs, "
-        f"{over}. Δ: SFTN minus standard"
+        f"{over}. Δ: {' or '.join(titles)} minus standard"
         + (", mean ± std of the per-seed differences" if len(seeds) > 1 else "")
-        + ". Time: mean wall time of one distillation run of the method.",
+        + ". Time: mean wall time of one distillation run of the method."
+        + (
+            f" The fine-tuned SFTN trained {report['finetune_epochs']} epochs from the standard teacher."
+            if "finetune_epochs" in report
+            else ""
+        ),
         "",
-        f"| Models (Teacher/Student) | {report['teacher_model']} / {report['student_model']} | | | |{pad}",
-        f"|:--|--:|--:|--:|--:|{note_rule}",
-        f"| Teacher training method | Standard | SFTN | Δ | Time |{note_head}",
-        f"| Teacher accuracy | {cell(report['teacher']['standard'])} | {cell(report['teacher']['sftn'])} "
-        f"| {paired(report['teacher'])} | |{pad}",
-        f"| Student accuracy w/o KD | {cell(report['student_alone'])} | | | |{pad}",
+        f"| Models (Teacher/Student) | {report['teacher_model']} / {report['student_model']} |{blank} |{pad}",
+        f"|:--|--:|{'--:|--:|' * len(compared)}--:|{note_rule}",
+        f"| Teacher training method | Standard | {' | '.join(f'{t} | Δ' for t in titles)} | Time |{note_head}",
+        f"| Teacher accuracy | {columns(report['teacher'])} | |{pad}",
     ]
+    if "teacher_seconds" in report:
+        times = {kind: seconds(stats["mean"]) for kind, stats in report["teacher_seconds"].items()}
+        cells = [times["standard"], *(cell for kind in compared for cell in (times[kind], ""))]
+        lines.append(f"| Teacher training time | {' | '.join(cells)} | |{pad}")
+    lines.append(f"| Student accuracy w/o KD | {cell(report['student_alone'])} |{blank} |{pad}")
     for method, row in rows.items():
         note = (f" {_one_line('; '.join(row['errors']))} |" if row["errors"] else " |") if failures else ""
+        lines.append(f"| {method_title(method)} | {columns(row)} | {seconds(row['wall_seconds'])} |{note}")
+    best = report["best"]
+    if best["standard"] is not None:
         lines.append(
-            f"| {method_title(method)} | {cell(row['standard'])} | {cell(row['sftn'])} "
-            f"| {paired(row)} | {seconds(row['wall_seconds'])} |{note}"
+            f"| Best | {columns(best, lambda v: f'{v:.2f}', lambda r, key: delta(r[key]))} | |{pad}"
         )
-    best, mean = report["best"], report["mean_delta"]
-    if best["delta"] is not None:
-        lines += [
-            f"| Best | {best['standard']:.2f} | {best['sftn']:.2f} | {delta(best['delta'])} | |{pad}",
-            f"| Mean Δ over {len(mean['methods'])} method{'' if len(mean['methods']) == 1 else 's'} "
-            f"| | | {delta(mean['mean'])} | |{pad}",
-        ]
+    means = [report[f"mean_{DELTA_KEYS[kind]}"] for kind in compared]
+    if any(mean["mean"] is not None for mean in means):
+        counted = max(len(mean["methods"]) for mean in means)
+        cells = ["", *(cell for mean in means for cell in ("", delta(mean["mean"])))]
+        lines.append(f"| Mean Δ over {counted} method{'' if counted == 1 else 's'} | {' | '.join(cells)} | |{pad}")
+    kl_titles = " | ".join(f"KL {TEACHER_TITLES[kind]}" for kind in teachers)
+    cka_titles = " | ".join(f"CKA {TEACHER_TITLES[kind]}" for kind in teachers)
     lines += [
         "",
         f"## Similarity between teacher and student (table 8), {report['eval_split']} split",
         "",
         "Lower KL divergence and higher CKA mean a student closer to its teacher.",
         "",
-        "| Method | KL Standard | KL SFTN | CKA Standard | CKA SFTN |",
-        "|:--|--:|--:|--:|--:|",
+        f"| Method | {kl_titles} | {cka_titles} |",
+        "|:--|" + "--:|" * (2 * len(teachers)),
     ]
     for method, row in report["similarity"].items():
-        kl = [cell(row[kind]["kl"] if row[kind] else None) for kind in TEACHERS]
-        cka = [cell(row[kind]["cka"] if row[kind] else None) for kind in TEACHERS]
+        kl = [cell(row[kind]["kl"] if row[kind] else None) for kind in teachers]
+        cka = [cell(row[kind]["cka"] if row[kind] else None) for kind in teachers]
         lines.append(f"| {method_title(method)} | {' | '.join(kl)} | {' | '.join(cka)} |")
     lines += ["", "## Runs", ""]
     for seed, runs in report["runs"].items():
@@ -412,17 +536,17 @@ def _one_line(text: str, limit: int = 300) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def _plot(runs: dict[str, Any], methods: list[str], path: Path, title: str) -> None:
+def _plot(runs: dict[str, Any], methods: list[str], teachers: list[str], path: Path, title: str) -> None:
     if not Distributed.from_env().is_main:
         return
     from splicer.training.plots import plot_comparison
 
     curves = {
         method_title(m): {
-            kind: read_metrics(RunDir(Path(runs[f"{m}-from-{kind}"]["run"])).metrics) for kind in TEACHERS
+            kind: read_metrics(RunDir(Path(runs[f"{m}-from-{kind}"]["run"])).metrics) for kind in teachers
         }
         for m in methods
-        if all("error" not in runs[f"{m}-from-{kind}"] for kind in TEACHERS)
+        if all("error" not in runs[f"{m}-from-{kind}"] for kind in teachers)
     }
     curves = {m: c for m, c in curves.items() if all(r and "kd" in r[0]["terms"] for r in c.values())}
     plot_comparison(curves, path, title)

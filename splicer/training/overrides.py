@@ -72,3 +72,10 @@ def scale_schedule(spec: Spec, factor: float) -> Spec:
     epochs = max(1, round(train.epochs * factor))
     milestones = [max(1, round(m * factor)) for m in train.milestones]
     return spec.model_copy(update={"train": train.model_copy(update={"epochs": epochs, "milestones": milestones})})
+
+
+def start_teacher_from(spec: Spec, source: str) -> Spec:
+    """``spec`` whose teacher starts from ``source`` (``--from``: a run folder, checkpoint or state_dict
+    file), in place of any other initial weights (``teacher.pretrained``)."""
+    teacher = spec.teacher.model_copy(update={"checkpoint": source, "pretrained": False})
+    return spec.model_copy(update={"teacher": teacher})

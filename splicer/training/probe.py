@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 from splicer.errors import SplicerError, did_you_mean
 from splicer.spec import DataSpec
+from splicer.spec.loader import load_yaml_mapping
 
 
 class ProbeData(BaseModel):
@@ -46,14 +46,9 @@ class ProbeData(BaseModel):
 def load_probe_data(path: str | Path) -> ProbeData:
     """Read and validate a probe data file; errors name the file, the field and the valid fields."""
     path = Path(path)
-    if not path.is_file():
-        raise SplicerError(f"--data {path}: no such file (a YAML file with num_classes: and data:)")
+    raw = load_yaml_mapping(path, "a probe data file (YAML text)", "num_classes:, data:")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SplicerError(f"{path}: not valid YAML: {exc}") from None
-    try:
-        return ProbeData.model_validate(raw if raw is not None else {})
+        return ProbeData.model_validate(raw)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -66,6 +61,16 @@ def load_probe_data(path: str | Path) -> ProbeData:
             else:
                 problems.append(f"{path}: {field}: {err['msg']} (got {err.get('input')!r})")
         raise SplicerError("\n".join(dict.fromkeys(problems))) from None
+
+
+def check_probe_input(probe: ProbeData, input_size: tuple[int, ...], network: str) -> None:
+    """The probe images must have as many channels as ``network`` takes (its spec's ``input_size``)."""
+    if probe.input_size is not None and probe.input_size[0] != input_size[0]:
+        raise SplicerError(
+            f"probe data input_size {list(probe.input_size)}: {probe.input_size[0]} channel(s), but {network} expects "
+            f"{input_size[0]} (input_size {list(input_size)}); give the probe data {input_size[0]} channels, "
+            "or leave its input_size out to use the network's"
+        )
 
 
 @torch.no_grad()
@@ -110,6 +115,7 @@ def linear_probe(run: str | Path, probe: ProbeData, device: str = "auto") -> dic
     path = resolve_checkpoint(run, "last")
     checkpoint = load_checkpoint(path)
     spec = spec_from_dict(checkpoint["spec"], source=f"{path} (spec)")
+    check_probe_input(probe, spec.input_size, f"the network of {path}")
     runtime = Runtime.create(device, Distributed.from_env())
     network = runtime.place(network_from_checkpoint(checkpoint, path, spec))
     network.requires_grad_(False)

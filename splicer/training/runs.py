@@ -84,6 +84,7 @@ def open_run(spec_name: str, stage: str, out: Path | None, resume: bool) -> RunD
     """
     if out is not None:
         run = RunDir(Path(out))
+        check_folder_holds(run.path, "run", f"a {stage} run")
     elif resume:
         run = _latest(spec_name, stage)
     else:
@@ -95,6 +96,62 @@ def open_run(spec_name: str, stage: str, out: Path | None, resume: bool) -> RunD
             f"{run.path} already holds a run (last.pt); pass --resume to continue it, or choose another --out"
         )
     return run
+
+
+RUN_FILES = ("last.pt", "summary.json", "metrics.jsonl", "spec.yaml", "phases", "anchors", "error.txt")
+"""What a training run folder holds (``error.txt``: a failed run of an experiment, retried by ``--resume``)."""
+
+
+def folder_contents(path: Path) -> tuple[str, str] | None:
+    """What a folder holds, as (kind, description): a training run, an experiment, a sweep, a
+    build, other files; None when it is missing or empty. Commands look before they write."""
+    if not path.is_dir() or not any(path.iterdir()):
+        return None
+    if (path / "sweep.json").is_file():
+        return "sweep", "a sweep (sweep.json)"
+    if any((path / name).exists() for name in RUN_FILES):
+        shown = ", ".join(n for n in RUN_FILES if (path / n).exists())
+        return "run", f"a {_run_kind(path)} run ({shown})"
+    if (path / "report.json").is_file() or any(p.is_dir() for p in path.glob("seed[0-9]*")):
+        return "experiment", "an experiment of `splicer run` (seed folders, report.json)"
+    if (path / "spec.resolved.yaml").is_file():
+        return "build", f"the build of spec {built_spec_name(path)!r} (spec.resolved.yaml)"
+    names = sorted(p.name for p in path.iterdir())
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return "other", f"other files ({shown})"
+
+
+def check_folder_holds(path: Path, kind: str, wanted: str) -> None:
+    """Refuse to write ``wanted`` (e.g. "an sftn run") into a folder that holds something of another kind."""
+    found = folder_contents(path)
+    if found is None or found[0] == kind:
+        return
+    raise SplicerError(
+        f"--out {path}: this folder holds {found[1]}, not {wanted}; nothing was written. "
+        "Choose another --out (a new or empty folder)"
+    )
+
+
+def _run_kind(path: Path) -> str:
+    summary = path / "summary.json"
+    if summary.is_file():
+        try:
+            data = json.loads(summary.read_text())
+            method = data.get("meta", {}).get("method") if isinstance(data.get("meta"), dict) else None
+            return f"{data['kind']}{f' ({method})' if method else ''}"
+        except (ValueError, KeyError, TypeError):
+            pass
+    return "training"
+
+
+def built_spec_name(path: Path) -> str:
+    """The name of the spec whose build ``path`` holds (from its spec.resolved.yaml), or "?"."""
+    import yaml
+
+    try:
+        return str(yaml.safe_load((path / "spec.resolved.yaml").read_text()).get("name", "?"))
+    except (yaml.YAMLError, OSError, AttributeError, UnicodeDecodeError):
+        return "?"
 
 
 def fresh_folder(parent: Path, stage: str) -> Path:

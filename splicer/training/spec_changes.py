@@ -24,19 +24,22 @@ FREE = frozenset(
         "train.loggers",
         "train.mlflow_uri",
         "teacher.checkpoint",
+        "teacher.pretrained",
+        "teacher.head",
+        "finetune.epochs",
         "student.checkpoint",
         "branch_student.checkpoint",
         "distill.methods",
     }
 )
-"""Where the data and initial weights lie, how long the run trains, on what hardware and where its
-metrics are sent: none changes the objective an epoch follows (initial weights only matter before
-the first epoch)."""
+"""Where the data and initial weights lie (teacher.head only decides how they load), how long the run
+trains, on what hardware and where its metrics are sent: none changes the objective an epoch follows
+(initial weights only matter before the first epoch)."""
 
 COMMON = ("num_classes", "input_size", "data", "train")
 TRAINED = {
-    "sftn": ("teacher", "student", "branch_student", "transforms", "loss"),
-    "standard": ("teacher",),
+    "sftn": ("teacher", "student", "branch_student", "transforms", "loss", "finetune"),
+    "standard": ("teacher", "finetune"),
     "student": ("student",),
     "distill": ("teacher", "student", "distill"),
     "phase": ("teacher", "student", "distill"),

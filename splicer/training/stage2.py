@@ -32,6 +32,7 @@ from splicer.training.checkpoint import (
 from splicer.training.distributed import Distributed
 from splicer.training.engine import LossFn, Runtime, Stage, fit, seed_everything
 from splicer.training.methods import METHODS, DistillMethod, create_method
+from splicer.training.methods.base import method_options
 from splicer.training.phases import train_phases
 from splicer.training.runs import RunDir, open_run
 from splicer.training.stage1 import cross_entropy_loss
@@ -61,17 +62,8 @@ def distill(
     spec: Spec, teacher: str | Path, method: str, out: Path | None = None, resume: bool = False, quiet: bool = False
 ) -> dict[str, Any]:
     """Distil a fresh student of ``spec`` from the teacher run (or checkpoint) ``teacher``; returns the run summary."""
-    if method not in METHODS:
-        create_method(method, spec.distill, [], [])  # raises the registry's message with suggestions
-    teacher_path = resolve_checkpoint(teacher, "last")
-    checkpoint = load_checkpoint(teacher_path)
+    teacher_path, checkpoint = check_distill(spec, teacher, method, out, resume)
     kind = checkpoint["kind"]
-    if kind not in TEACHER_KINDS:
-        raise SplicerError(
-            f"--teacher {teacher}: this is a {kind} run, not a teacher; "
-            "pass a run of `splicer train` (SFTN or --standard)"
-        )
-    _check_same_teacher(spec, checkpoint, teacher_path)
     dist = Distributed.from_env()
     runtime = Runtime.for_spec(spec, dist)
     seed_everything(spec.train.seed)
@@ -113,6 +105,35 @@ def distill(
     title, meta = stage.title, stage.meta
     train_phases(loss_method, student, teacher_net, spec, run, data, runtime, dist, resume, quiet, title, meta)
     return fit(stage, spec, run, data, runtime, dist, resume and run.last.is_file(), quiet)
+
+
+def check_distill(
+    spec: Spec, teacher: str | Path, method: str, out: Path | None, resume: bool
+) -> tuple[Path, dict[str, Any]]:
+    """What a distillation uses, checked before anything is built or written: the method and its options,
+    the teacher checkpoint (a finite teacher of this spec) and the run folder. Returns the teacher's
+    checkpoint path and contents."""
+    if method not in METHODS:
+        from splicer.training.online import BASELINES
+
+        if method in (*BASELINES, "all"):
+            raise SplicerError(
+                f"--method {method}: distill trains one student with one distillation method; "
+                f"{'every method' if method == 'all' else 'the baselines'} run with `splicer run SPEC --methods {method}`"
+            )
+        create_method(method, spec.distill, [], [])  # raises the registry's message with suggestions
+    method_options(method, spec.distill)
+    teacher_path = resolve_checkpoint(teacher, "last")
+    checkpoint = load_checkpoint(teacher_path)
+    kind = checkpoint["kind"]
+    if kind not in TEACHER_KINDS:
+        raise SplicerError(
+            f"--teacher {teacher}: this is a {kind} run, not a teacher; "
+            "pass a run of `splicer train` (SFTN or --standard)"
+        )
+    _check_same_teacher(spec, checkpoint, teacher_path)
+    open_run(spec.name, f"distill-{method}-{kind}", out, resume)  # checks the folder, writes nothing
+    return teacher_path, checkpoint
 
 
 def distill_loss(student: TappedBlockNet, teacher: TappedBlockNet, method: DistillMethod) -> LossFn:

@@ -89,6 +89,29 @@ def cell_spec(spec: Spec, assignment: Assignment) -> Spec:
     return apply_overrides(spec, None, [f"{key}={json.dumps(value)}" for key, value in assignment.items()])
 
 
+def check_sweep(
+    spec: Spec, sweeps: list[tuple[str, list[Any]]], methods: list[str], seeds: list[int], out: Path | None
+) -> tuple[list[Assignment], list[str], Path]:
+    """Everything a sweep will use, checked before anything trains or is written: every key and value
+    (applied to the spec and validated), the methods and their options in every cell, the folder.
+    Returns the cells, the methods (``all`` expanded) and the sweep folder."""
+    from splicer.training.experiment import check_methods
+
+    if not sweeps or not methods or not seeds:
+        raise SplicerError("a sweep needs at least one --sweep, one method and one seed")
+    methods = check_methods(spec, methods)
+    cells = grid(sweeps)
+    for assignment in cells:
+        try:
+            check_methods(cell_spec(spec, assignment), methods)
+        except SplicerError as exc:
+            values = ", ".join(f"{key}={json.dumps(value)}" for key, value in assignment.items())
+            raise SplicerError(f"--sweep {values}: {exc}") from None
+    root = Path(out) if out is not None else RUNS_ROOT / spec.name / "sweep"
+    _check_folder(root, spec)
+    return cells, methods, root
+
+
 def run_sweep(
     spec: Spec,
     sweeps: list[tuple[str, list[Any]]],
@@ -98,12 +121,7 @@ def run_sweep(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Train (or reuse) every cell and its reference; write report.md and report.json; returns the report."""
-    if not sweeps or not methods or not seeds:
-        raise SplicerError("a sweep needs at least one --sweep, one method and one seed")
-    cells = grid(sweeps)
-    for assignment in cells:
-        cell_spec(spec, assignment)  # fail on a bad key or value before anything is written
-    root = Path(out) if out is not None else RUNS_ROOT / spec.name / "sweep"
+    cells, methods, root = check_sweep(spec, sweeps, methods, seeds, out)
     dist = Distributed.from_env()
     Runtime.for_spec(spec, dist)  # under torchrun: join the process group before the ranks compare notes
     _claim(root, spec, dist)
@@ -124,20 +142,30 @@ def run_sweep(
 def _claim(root: Path, spec: Spec, dist: Distributed) -> None:
     """Record the sweep's base spec, or check that the folder's sweep was started with this one."""
     marker = root / "sweep.json"
-    base = spec.model_dump(mode="json")
+    _check_folder(root, spec)
     if marker.is_file():
-        if json.loads(marker.read_text())["spec"] != base:
+        return
+    dist.barrier()  # every rank has looked at the folder before rank 0 fills it
+    if dist.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"spec": spec.model_dump(mode="json")}, indent=2) + "\n")
+
+
+def _check_folder(root: Path, spec: Spec) -> None:
+    """The sweep folder is new, empty, or holds a sweep of this very spec (whose finished runs are reused)."""
+    from splicer.training.runs import folder_contents
+
+    marker = root / "sweep.json"
+    if marker.is_file():
+        if json.loads(marker.read_text())["spec"] != spec.model_dump(mode="json"):
             raise SplicerError(
                 f"{root} holds a sweep of another spec (see {marker}); its finished runs cannot be reused. "
                 "Choose another --out, or run with the same spec and flags"
             )
         return
-    if root.exists() and any(root.iterdir()):
-        raise SplicerError(f"{root} is not empty and holds no sweep.json; choose another --out")
-    dist.barrier()  # every rank has looked at the folder before rank 0 fills it
-    if dist.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"spec": base}, indent=2) + "\n")
+    found = folder_contents(root)
+    if found is not None:
+        raise SplicerError(f"--out {root}: this folder holds {found[1]}, not a sweep; nothing was written. Choose another --out")
 
 
 def _cell(spec: Spec, assignment: Assignment, methods: list[str], folder: Path, quiet: bool) -> dict[str, Any]:
