@@ -1,7 +1,7 @@
 """Export a trained student so that it runs without splicer: a torch.export program plus a JSON sidecar.
 
-    python examples/05_export_student.py runs/example/kd-from-sftn --out student.pt2
-    python examples/05_predict_without_splicer.py student.pt2 photo1.png photo2.jpg   # needs only torch
+    python examples/05_export_student.py runs/example/kd-from-sftn     # writes runs/example/kd-from-sftn/export/
+    python examples/05_predict_without_splicer.py runs/example/kd-from-sftn/export/student.pt2 photo1.png photo2.jpg
 
 The exported program takes images as float tensors in [0, 1] at the training size (any batch
 size) and returns logits: the data normalisation the student was trained with is built into it.
@@ -40,10 +40,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a `splicer distill` (or student) run folder, or its .pt file")
     parser.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of a run folder")
-    parser.add_argument("--out", type=Path, default=Path("student.pt2"))
+    parser.add_argument("--out", type=Path, help="the .pt2 file to write (default: export/student.pt2 in the run's folder)")
     args = parser.parse_args()
 
     path = resolve_checkpoint(args.run, args.which)
+    args.out = args.out or path.parent / "export" / "student.pt2"
     checkpoint = load_checkpoint(path)
     spec = spec_from_dict(checkpoint["spec"], source=str(path))
     student = network_from_checkpoint(checkpoint, path, spec).eval()  # the student, weights loaded

@@ -1,6 +1,8 @@
 """Classify image files with a student exported by 05_export_student.py; needs torch and torchvision, not splicer.
 
-    python examples/05_predict_without_splicer.py student.pt2 photo1.png photo2.jpg
+    python examples/05_predict_without_splicer.py runs/example/kd-from-sftn/export/student.pt2 photo1.png photo2.jpg
+
+Each image is printed by the path it was given, so files of one name in several folders stay apart.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def main() -> None:
     top = probabilities.topk(min(args.top, probabilities.shape[1]), dim=1)
     for path, scores, indices in zip(args.images, top.values, top.indices):
         ranked = ", ".join(f"{info['classes'][k]} {p:.1%}" for p, k in zip(scores.tolist(), indices.tolist()))
-        print(f"{path.name}: {ranked}")
+        print(f"{path}: {ranked}")
 
 
 if __name__ == "__main__":

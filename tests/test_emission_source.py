@@ -17,11 +17,13 @@ import torch
 
 import splicer
 from splicer.emission.artifacts import emit_artifacts
+from splicer.emission.initialisation import NotReplayable, record_initialisation
 from splicer.emission.source import EmissionError, emit_source
 from splicer.errors import ModelSourceError
 from splicer.models.registry import constructor_source
 from splicer.spec import spec_from_dict
-from tests.conftest import REPO, toy_pair
+from tests.conftest import REPO, toy_pair, toy_spec
+from tests.standalone import run_without_splicer
 
 _FRESH_PROCESS = textwrap.dedent(
     """
@@ -140,3 +142,66 @@ def test_a_model_that_its_reference_no_longer_creates_is_refused():
     result.spec.teacher.kwargs = {"width": 4}  # the reference now creates another network than the compiled one
     with pytest.raises(EmissionError, match=r"TeacherBlock1: stage1.0: the model created from its reference holds state_dict"):
         emit_source(result)
+
+
+_SAME_SEED_SAME_WEIGHTS = textwrap.dedent(
+    """
+    import sys, torch
+    folder = sys.argv[1]
+    sys.path.insert(0, folder)
+    from sftn import SFTN
+    torch.manual_seed(0)
+    state = SFTN().state_dict()
+    built = torch.load(folder + "/built.pt", weights_only=True)
+    assert list(state) == list(built)
+    non_finite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    assert not non_finite, f"non-finite: {non_finite}"
+    differ = [k for k in built if not torch.equal(built[k], state[k])]
+    assert not differ, f"not splicer's weights under the same seed: {differ}"
+    print("teacher as", "model" if hasattr(sys.modules["sftn"], "_teacher_model") else "layers")
+    """
+)
+
+
+def _timm(name: str, **kwargs: object) -> dict:
+    return {"model": f"timm:{name}", "kwargs": kwargs, "blocks": "auto"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("teacher", "student", "side", "teacher_as"),
+    [
+        # ConvNeXt's layer-scale gamma and LayerNorm weights once started as torch.empty garbage (issue 24).
+        (_timm("test_convnext"), _timm("test_efficientnet"), 32, "model"),
+        (_timm("test_vit", img_size=32), _timm("test_resnet"), 32, "model"),
+        ({"model": "torchvision:mobilenet_v3_small", "blocks": "auto"}, {"model": "cifar:resnet8x4", "blocks": "auto"}, 32, "layers"),
+        (toy_spec()["teacher"], toy_spec()["student"], 16, "layers"),
+        (toy_pair("custom_layers_net")["teacher"], toy_pair("custom_layers_net")["student"], 16, "model"),
+    ],
+    ids=["timm-convnext", "timm-vit", "torchvision-cifar", "python-layers", "python-model"],
+)
+def test_a_fresh_sftn_without_splicer_has_splicers_weights_under_the_same_seed(tmp_path, teacher, student, side, teacher_as):
+    spec = {"name": "init", "num_classes": 10, "input_size": [3, side, side], "teacher": teacher, "student": student}
+    torch.manual_seed(0)
+    result = splicer.compile_spec(spec_from_dict(spec), verify=False)
+    source = emit_source(result)
+    assert "torch.empty" not in source
+    (tmp_path / "sftn.py").write_text(source)
+    torch.save(result.sftn.state_dict(), tmp_path / "built.pt")
+    (tmp_path / "check.py").write_text(_SAME_SEED_SAME_WEIGHTS)
+    done = run_without_splicer(tmp_path / "check.py", str(tmp_path), cwd=REPO)  # REPO: the python: models import
+    assert f"teacher as {teacher_as}" in done.stdout
+
+
+def test_an_initialisation_outside_torch_nn_init_is_not_replayed():
+    class Drawn(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.scale = torch.nn.Parameter(torch.randn(4))
+
+    with pytest.raises(NotReplayable, match="scale is drawn at random without torch.nn.init"):
+        record_initialisation(Drawn)
+    ops = record_initialisation(lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)))
+    assert [(path, name) for path, _, _, name, _ in ops[:2]] == [("0.weight", "kaiming_uniform_"), ("0.bias", "uniform_")]
+    assert ("1.running_var", (4,), "float32", "constant_", {"val": 1.0}) in ops

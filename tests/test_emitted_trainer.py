@@ -73,3 +73,33 @@ def test_trainer_loss_matches_splicer_stage1_loss(tmp_path, write_spec, monkeypa
         expected = sftn_loss(teacher, branches, labels, LossSpec(**loss)).total
         assert torch.allclose(trainer.sftn_loss(teacher, branches, labels), expected)
     monkeypatch.delitem(sys.modules, "sftn", raising=False)
+
+
+def test_emitted_trainer_stops_on_a_non_finite_loss_and_writes_no_checkpoint(tmp_path, write_spec):
+    data = write_colour_folder(tmp_path / "images", classes=4, per_class=16, side=16)
+    spec = toy_spec(num_classes=4, data={"dataset": "imagefolder", "root": str(data), "workers": 0})
+    built = runner.invoke(app, ["build", str(write_spec(spec)), "--out", str(tmp_path / "build")])
+    assert built.exit_code == 0, built.output
+    checkpoint = tmp_path / "trained.pt"
+    done = run_without_splicer(
+        tmp_path / "build" / "train_sftn.py", str(data), "--epochs", "1", "--workers", "0", "--batch-size", "8",
+        "--lr", "1e30", "--log-every", "2", "--out", str(checkpoint), cwd=tmp_path, check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert re.search(r"epoch 1/1: the loss became NaN/inf between steps \d+ and \d+; stopped without writing", done.stderr)
+    assert not checkpoint.exists() and not checkpoint.with_name("trained.pt.tmp").exists()
+
+
+def test_emitted_trainer_names_non_finite_weights(tmp_path, write_spec, monkeypatch):
+    from splicer.assembly.build import compile_spec
+    from splicer.emission.artifacts import emit_artifacts
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the trainer puts its folder first on the path
+    written = emit_artifacts(compile_spec(write_spec(toy_spec())), tmp_path)
+    monkeypatch.delitem(sys.modules, "sftn", raising=False)
+    module_spec = importlib.util.spec_from_file_location("train_nonfinite", written["trainer"])
+    trainer = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(trainer)
+    state = {"a": torch.ones(2), "b": torch.tensor([1.0, float("nan")]), "n": torch.tensor(3), "c": torch.tensor([float("inf")])}
+    assert trainer.non_finite_tensors(state) == ["b", "c"]
+    sys.modules.pop("sftn", None)  # not monkeypatch.delitem: its teardown would put this build's sftn back

@@ -87,8 +87,9 @@ def test_exported_student_predicts_without_splicer(distilled, tmp_path):
     from splicer.training.checkpoint import load_checkpoint, network_from_checkpoint
 
     runs, data, _ = distilled
-    program = tmp_path / "student.pt2"
-    run_example("05_export_student.py", str(runs / "kd-from-sftn"), "--out", str(program), cwd=tmp_path)
+    run_example("05_export_student.py", str(runs / "kd-from-sftn"), cwd=tmp_path)
+    program = runs / "kd-from-sftn" / "export" / "student.pt2"  # the default: beside the run, not in the cwd
+    assert program.is_file() and program.with_suffix(".json").is_file() and not list(tmp_path.iterdir())
     images = [data / "test" / "class0" / "000.png", data / "test" / "class3" / "001.png"]
     done = run_without_splicer(
         EXAMPLES / "05_predict_without_splicer.py", str(program), *map(str, images), "--top", "1", cwd=tmp_path
@@ -104,4 +105,4 @@ def test_exported_student_predicts_without_splicer(distilled, tmp_path):
         probabilities = student(batch).softmax(1)
     for path, row in zip(images, probabilities):
         top = int(row.argmax())
-        assert f"{path.name}: class{top} {row[top].item():.1%}" in done.stdout, done.stdout
+        assert f"{path}: class{top} {row[top].item():.1%}" in done.stdout, done.stdout  # the path given, not a bare name

@@ -8,11 +8,11 @@ import pytest
 
 import splicer
 from splicer.emission.graph import branch_graph
-from splicer.emission.picture import write_result_pictures
+from splicer.emission.picture import draw_branch_graph, write_result_pictures
 from splicer.errors import SplicerError
 from splicer.spec.loader import spec_from_dict
 from splicer.training.plots import curves_figure
-from tests.conftest import toy_spec
+from tests.conftest import REPO, toy_spec
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -44,6 +44,51 @@ def test_svg_has_one_node_per_block_transform_and_branch_block(toy_result, tmp_p
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     write_result_pictures(toy_result, [tmp_path / "again.svg"])
     assert (tmp_path / "again.svg").read_bytes() == svg.read_bytes()  # no date or random id: rebuilds are identical
+
+
+def label_overflows(graph) -> list[str]:
+    """Labels whose drawn extent leaves their box, and branch names that run into a box, by matplotlib's renderer."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_branch_graph(graph, "title")
+    try:
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        boxes = {
+            p.get_gid().removeprefix("node-"): p.get_window_extent(renderer)
+            for p in ax.patches
+            if (p.get_gid() or "").startswith("node-")
+        }
+        problems, labelled = [], set()
+        for text in ax.texts:
+            gid, extent = text.get_gid() or "", text.get_window_extent(renderer)
+            if gid.startswith("label-"):
+                labelled.add(gid.removeprefix("label-"))
+                box = boxes[gid.removeprefix("label-")]
+                if extent.x0 < box.x0 or extent.x1 > box.x1 or extent.y0 < box.y0 or extent.y1 > box.y1:
+                    problems.append(f"{text.get_text()!r} leaves box {gid}")
+            elif gid.startswith("branch-"):
+                problems += [f"{text.get_text()!r} runs into {node}" for node, box in boxes.items() if extent.overlaps(box)]
+        assert labelled == set(boxes) == set(graph.nodes)  # every box's labels were measured
+        return problems
+    finally:
+        plt.close(fig)
+
+
+def test_every_label_fits_its_box_even_a_long_one(toy_result):
+    graph = branch_graph(toy_result)
+    assert label_overflows(graph) == []
+    graph.nodes["T_B1"]["end"] = "features.denseblock4.denselayer24.conv2.very_long_suffix_name"  # cut, shrunk to fit
+    graph.nodes["R1_T"]["end"] = "8x8 transposed conv stride 4"
+    assert label_overflows(graph) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vit_small_resnet18", "resnet32x4_shufflev1"])
+def test_labels_fit_for_the_shipped_specs(name):
+    """The transformer pair whose "8x8 transposed conv stride 4" once ran into "branch 1", and a CIFAR pair."""
+    result = splicer.compile_spec(REPO / "specs" / f"{name}.yaml", verify=False)
+    assert label_overflows(branch_graph(result)) == []
 
 
 def test_picture_format_comes_from_the_extension(toy_result, tmp_path):

@@ -105,3 +105,11 @@ def test_transforms_section_defaults_to_the_paper_and_names_valid_kernels(write_
     path = write_spec(toy_spec(transforms={"equal_kernel": 2}))
     with pytest.raises(SpecError, match=r"transforms.equal_kernel: Input should be 1 or 3 \(got 2\)"):
         load_spec(path)
+
+
+@pytest.mark.parametrize(("cpus", "workers"), [(1, 0), (2, 2), (3, 3), (16, 4)])
+def test_data_workers_default_to_the_cpus_this_process_may_use(monkeypatch, cpus, workers):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    spec = Spec(**toy_spec())
+    assert spec.data.workers == workers
+    assert Spec(**toy_spec(data={"workers": 7})).data.workers == 7  # a spec's own value stands

@@ -3,11 +3,13 @@
 A block is a torch.fx GraphModule: fx's forward code over submodules and tensors at their
 module paths. Its class in ``sftn.py`` keeps that code as is and rebuilds the paths:
 
-- **layer by layer** when every leaf layer is a torch.nn layer: each is written from its
-  ``repr``, which is a constructor call for torch.nn's layers (checked by rebuilding it), and
-  the file needs only torch;
+- **layer by layer** when every leaf layer is a torch.nn layer and the model's initialisation
+  can be replayed (see :mod:`splicer.emission.initialisation`): each layer is written from its
+  ``repr``, which is a constructor call for torch.nn's layers (checked by rebuilding it), its
+  tensors are then set by replaying the model's torch.nn.init calls, and the file needs only
+  torch;
 - **over the model** otherwise (timm's own norm layers, modules that tracing kept opaque, a
-  user's layers): the file creates the model from the spec's reference as splicer did
+  user's layers, an initialisation that is not a list of torch.nn.init calls): the file creates the model from the spec's reference as splicer did
   (``timm.create_model(...)``, the user's factory) and each block takes the model's own
   submodules, parameters and buffers at their paths, exactly as ``fx.GraphModule`` took them
   from the traced model. What tracing added (dropout modules, tensor constants) is written
@@ -25,6 +27,13 @@ import torch
 from torch import fx, nn
 
 from splicer.assembly.build import NetworkPlan
+from splicer.emission.initialisation import (
+    InitOp,
+    NotReplayable,
+    ops_literal,
+    record_initialisation,
+    replay_initialisation,
+)
 from splicer.errors import ModelSourceError, SplicerError
 from splicer.models.registry import constructor_source, create_model
 from splicer.spec.schema import NetworkSpec
@@ -61,6 +70,15 @@ class NetworkSource:
     constructor: str = ""  # the call that creates the model, e.g. timm.create_model('resnet18', ...)
     user_module: str | None = None  # the user's module a python: reference imports
     checkpoint: str | None = None
+    init_ops: list[InitOp] | None = None  # the model's torch.nn.init calls, when written layer by layer
+
+    @property
+    def init_name(self) -> str:
+        """The module-level list in ``sftn.py`` that holds :attr:`init_ops`."""
+        return f"_{self.role.upper()}_INIT"
+
+    def init_data(self) -> str:
+        return ops_literal(self.init_ops or [], self.init_name)
 
     def call(self, index: int, model_var: str) -> str:
         """The expression that instantiates block ``index``."""
@@ -87,16 +105,20 @@ def network_source(
     own_imports: dict[str, int] = {}
     try:
         classes = [_standalone_class(name, part, own_imports) for name, part in zip(names, parts)]
+        ops = record_initialisation(lambda: create_model(network.model, num_classes, network.kwargs))
     except EmissionError as exc:
-        reason = exc
+        reason = str(exc)
+    except NotReplayable as exc:
+        reason = f"its initialisation cannot be replayed without it: {exc}"
     else:
         imports.update(own_imports)
-        return NetworkSource(role, classes, names[:-1], names[-1])
+        return NetworkSource(role, classes, names[:-1], names[-1], init_ops=ops)
     try:
         import_line, constructor = constructor_source(network.model, num_classes, network.kwargs)
     except ModelSourceError as exc:
         raise EmissionError(f"{role} {network.model}: {reason}; and it cannot be created outside splicer: {exc}") from None
-    fresh = create_model(network.model, num_classes, network.kwargs)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        fresh = create_model(network.model, num_classes, network.kwargs)
     own_imports = {import_line: 0}
     classes = [_over_model_class(name, part, fresh, own_imports) for name, part in zip(names, parts)]
     imports.update(own_imports)
@@ -111,7 +133,11 @@ def network_source(
 
 
 def _standalone_class(name: str, block: fx.GraphModule, imports: dict[str, int]) -> str:
-    """A class for one block: submodules written from their repr at their paths, fx's forward code as is."""
+    """A class for one block: submodules written from their repr at their paths, fx's forward code as is.
+
+    Its tensors get their values when ``SFTN.__init__`` replays the model's initialisation;
+    the zeros written here for tensors without a layer are placeholders of the right shape.
+    """
     lines = [f"class {name}(nn.Module):", "    def __init__(self) -> None:", "        super().__init__()"]
     for node in block.graph.nodes:
         if node.op == "call_module":
@@ -123,7 +149,7 @@ def _standalone_class(name: str, block: fx.GraphModule, imports: dict[str, int])
             if not is_param and node.target not in dict(block.named_buffers()):
                 raise EmissionError(f"{name}: {node.target} is a tensor constant, not a parameter or buffer")
             lines.append(
-                f"        _install(self, {node.target!r}, torch.empty({list(tensor.shape)}, dtype={tensor.dtype}), "
+                f"        _install(self, {node.target!r}, torch.zeros({list(tensor.shape)}, dtype={tensor.dtype}), "
                 f"parameter={is_param})"
             )
     lines.append(_forward_source(name, block, imports))
@@ -205,9 +231,10 @@ def _share(model: nn.Module, block: nn.Module, path: str) -> None:
         setattr(block, leaf, value)
 
 
-def support_functions(over_model: bool) -> list[types.FunctionType]:
-    """The helpers the block classes call, for ``sftn.py`` to carry: ``_share`` only where a network is over its model."""
-    return [_install, _share] if over_model else [_install]
+def support_functions(over_model: bool, layer_by_layer: bool) -> list[types.FunctionType]:
+    """The helpers the block classes call, for ``sftn.py`` to carry: ``_share`` only where a network is over
+    its model, ``replay_initialisation`` only where one is written layer by layer."""
+    return [_install] + ([_share] if over_model else []) + ([replay_initialisation] if layer_by_layer else [])
 
 
 def _get_attr(block: nn.Module, target: str) -> nn.Module | torch.Tensor:

@@ -25,9 +25,13 @@ from splicer.errors import SplicerError
 
 PICTURE_FORMATS = (".svg", ".png")
 
-# Sizes in inches: the axes span the whole figure with one data unit per inch.
-_PITCH_X, _PITCH_Y = 2.45, 1.45
-_BOX_W, _BOX_H = 1.6, 0.8
+# Sizes in inches: the axes span the whole figure with one data unit per inch. Boxes are at
+# least _BOX_W wide and widen (up to _BOX_W_MAX) to the widest label, measured by matplotlib's
+# renderer; the gap between columns stays, for edge shapes and branch names.
+_BOX_W, _BOX_W_MAX, _BOX_H = 1.6, 3.2, 0.8
+_GAP_X, _PITCH_Y = 0.85, 1.45
+_TEXT_PAD = 0.07  # between a label and its box's border
+_INPUT_W = 0.8  # the input box, as a fraction of the others
 _MARGIN, _TITLE_H = 0.3, 1.2
 _COLOURS = {  # fill, border
     "input": ("#f3f3f3", "#888888"),
@@ -35,7 +39,8 @@ _COLOURS = {  # fill, border
     "transform": ("#fce5cd", "#b45f06"),
     "student": ("#d9ead3", "#38761d"),
 }
-_NAME_MAX = 26  # characters of a block end that fit in a box at 8 pt
+_NAME_MAX = 44  # characters of a block end shown before it is cut with an ellipsis
+_MIN_SIZE = 5.0  # points: a label wider than the widest box shrinks down to this
 
 
 def _pyplot() -> Any:
@@ -47,11 +52,55 @@ def _pyplot() -> Any:
     return plt
 
 
-def _cell(graph: nx.DiGraph, node: str, n_blocks: int) -> tuple[float, float]:
+def _cell(graph: nx.DiGraph, node: str, n_blocks: int, box_w: float) -> tuple[float, float]:
     """The box centre: column = block index, row 0 = teacher, branch i in row N - i."""
     data = graph.nodes[node]
     row = 0 if data["branch"] == 0 else n_blocks - data["branch"]
-    return _MARGIN + _BOX_W / 2 + data["block"] * _PITCH_X, -row * _PITCH_Y
+    return _MARGIN + box_w / 2 + data["block"] * (box_w + _GAP_X), -row * _PITCH_Y
+
+
+def _box_lines(data: dict[str, Any]) -> list[tuple[str, float, float, dict[str, Any]]]:
+    """A box's labels: (text, font size, offset from the box centre, text properties)."""
+    middle = _middle_text(data)
+    if not middle.startswith("$") and len(middle) > _NAME_MAX:
+        middle = middle[: _NAME_MAX - 1] + "…"
+    lines = [
+        (_title_text(data), 10.5, 0.2, {"weight": "bold"}),
+        (middle, 9.5 if middle.startswith("$") else 8.0, -0.02, {"family": "monospace"}),
+    ]
+    if data["role"] != "input":
+        lines.append((f"{format_count(data['params'])} params", 7.5, -0.24, {"color": "#444444"}))
+    return lines
+
+
+def _text_width(fig: Any, text: str, size: float, props: dict[str, Any]) -> float:
+    """The drawn width of ``text`` in inches, by the figure's renderer."""
+    artist = fig.text(0, 0, text, fontsize=size, **props)
+    width = artist.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi
+    artist.remove()
+    return float(width)
+
+
+def _layout_labels(graph: nx.DiGraph) -> tuple[float, dict[str, list[tuple[str, float, float, dict[str, Any]]]]]:
+    """The box width that holds every label, and each box's labels at the size that fits it."""
+    plt = _pyplot()
+    scratch = plt.figure()
+    try:
+        lines = {node: _box_lines(data) for node, data in graph.nodes(data=True)}
+        widths = {node: [_text_width(scratch, t, size, props) for t, size, _, props in ls] for node, ls in lines.items()}
+    finally:
+        plt.close(scratch)
+    share = {node: _INPUT_W if graph.nodes[node]["role"] == "input" else 1.0 for node in lines}
+    needed = max((max(w) + 2 * _TEXT_PAD) / share[node] for node, w in widths.items())
+    box_w = min(max(_BOX_W, needed), _BOX_W_MAX)
+    fitted = {}
+    for node, node_lines in lines.items():
+        room = box_w * share[node] - 2 * _TEXT_PAD
+        fitted[node] = [
+            (text, max(_MIN_SIZE, size * min(1.0, room / width)) if width > 0 else size, dy, props)
+            for (text, size, dy, props), width in zip(node_lines, widths[node])
+        ]
+    return box_w, fitted
 
 
 def _title_text(data: dict[str, Any]) -> str:
@@ -79,24 +128,14 @@ def _literal(text: str) -> str:
     return text.replace("$", r"\$")
 
 
-def _fit(text: str) -> tuple[str, float]:
-    """Text and font size for the box's middle line: shrink a little, then cut with an ellipsis."""
-    if text.startswith("$"):  # mathtext (a head's logits) reads small: a size up
-        return text, 9.5
-    if len(text) <= _NAME_MAX:
-        return text, 8.0
-    if len(text) <= _NAME_MAX + 6:
-        return text, 8.0 * _NAME_MAX / len(text)
-    return text[: _NAME_MAX - 1] + "…", 8.0
-
-
 def draw_branch_graph(graph: nx.DiGraph, title: str, subtitle: str = "") -> Any:
     """A matplotlib Figure of the branch graph (see the module docstring for the layout)."""
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
 
     plt = _pyplot()
     n_blocks = max(d["block"] for d in graph.nodes.values()) - 1
-    width = 2 * _MARGIN + _BOX_W + (n_blocks + 1) * _PITCH_X
+    box_w, labels = _layout_labels(graph)
+    width = 2 * _MARGIN + box_w + (n_blocks + 1) * (box_w + _GAP_X)
     width = max(width, 2 * _MARGIN + 0.11 * max(len(title), 0.75 * len(subtitle)))  # long names stay in view
     height = _TITLE_H + _MARGIN + _BOX_H + (n_blocks - 1) * _PITCH_Y + 0.1
     fig = plt.figure(figsize=(width, height))
@@ -110,27 +149,23 @@ def draw_branch_graph(graph: nx.DiGraph, title: str, subtitle: str = "") -> Any:
         ax.text(_MARGIN, top - 0.6, _literal(subtitle), fontsize=9, color="#444444", va="center")
 
     for node, data in graph.nodes(data=True):
-        x, y = _cell(graph, node, n_blocks)
+        x, y = _cell(graph, node, n_blocks, box_w)
         fill, border = _COLOURS[data["role"]]
-        box_w = _BOX_W if data["role"] != "input" else _BOX_W * 0.8
+        node_w = box_w * (_INPUT_W if data["role"] == "input" else 1.0)
         ax.add_patch(
             FancyBboxPatch(
-                (x - box_w / 2, y - _BOX_H / 2), box_w, _BOX_H, boxstyle="round,pad=0,rounding_size=0.08",
+                (x - node_w / 2, y - _BOX_H / 2), node_w, _BOX_H, boxstyle="round,pad=0,rounding_size=0.08",
                 facecolor=fill, edgecolor=border, linewidth=1.2, gid=f"node-{node}",
             )
         )
-        ax.text(x, y + 0.2, _title_text(data), ha="center", va="center", fontsize=10.5, weight="bold")
-        middle, size = _fit(_middle_text(data))
-        ax.text(x, y - 0.02, middle, ha="center", va="center", fontsize=size, family="monospace")
-        params = f"{format_count(data['params'])} params" if data["role"] != "input" else ""
-        if params:
-            ax.text(x, y - 0.24, params, ha="center", va="center", fontsize=7.5, color="#444444")
+        for text, size, dy, props in labels[node]:
+            ax.text(x, y + dy, text, ha="center", va="center", fontsize=size, gid=f"label-{node}", **props)
 
     for src, dst, data in graph.edges(data=True):
-        (x0, y0), (x1, y1) = _cell(graph, src, n_blocks), _cell(graph, dst, n_blocks)
-        start_w = _BOX_W * (0.8 if graph.nodes[src]["role"] == "input" else 1)
+        (x0, y0), (x1, y1) = _cell(graph, src, n_blocks, box_w), _cell(graph, dst, n_blocks, box_w)
+        start_w = box_w * (_INPUT_W if graph.nodes[src]["role"] == "input" else 1)
         if y0 == y1:  # along a row
-            start, end = (x0 + start_w / 2, y0), (x1 - _BOX_W / 2, y1)
+            start, end = (x0 + start_w / 2, y0), (x1 - box_w / 2, y1)
             label_at, align = ((start[0] + end[0]) / 2, y0 + 0.1), {"ha": "center", "va": "bottom"}
         else:  # a branch dropping from its teacher block
             start, end = (x0, y0 - _BOX_H / 2), (x1, y1 + _BOX_H / 2)
@@ -144,8 +179,8 @@ def draw_branch_graph(graph: nx.DiGraph, title: str, subtitle: str = "") -> Any:
         ax.text(*label_at, data["shape"], fontsize=7.5, color="#222222", family="monospace", **align)
 
     for i in range(1, n_blocks):  # name each branch just left of its transform, where no edge runs
-        x, y = _cell(graph, f"R{i}_T", n_blocks)
-        ax.text(x - _BOX_W / 2 - 0.1, y, f"branch {i}", ha="right", va="center", fontsize=9, style="italic")
+        x, y = _cell(graph, f"R{i}_T", n_blocks, box_w)
+        ax.text(x - box_w / 2 - 0.1, y, f"branch {i}", ha="right", va="center", fontsize=9, style="italic", gid=f"branch-{i}")
     legend = (("teacher", "teacher"), ("transform", "transform"), ("student", "student (branch)"))
     handles = [Patch(facecolor=_COLOURS[role][0], edgecolor=_COLOURS[role][1], label=label) for role, label in legend]
     ax.legend(

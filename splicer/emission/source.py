@@ -46,7 +46,10 @@ def emit_source(result: BuildResult) -> str:
 
     header = _header(result, [teacher, student], imports)
     support_objects = [
-        *support_functions(over_model=bool(teacher.factory or student.factory)),
+        *support_functions(
+            over_model=bool(teacher.factory or student.factory),
+            layer_by_layer=not (teacher.factory and student.factory),
+        ),
         Resize,
         sftn_modules.BlockNet,
         sftn_modules.Branch,
@@ -62,34 +65,56 @@ def emit_source(result: BuildResult) -> str:
     preamble = "from __future__ import annotations\n\nfrom collections import OrderedDict\nfrom typing import NamedTuple\n\n"
     preamble += "from torch import Tensor\nfrom torch.nn import functional as F\n"
     main = _main_class(result, teacher, student, transforms)
-    body = "\n\n\n".join([support, sftn_base, *factories, *teacher.classes, *student.classes, main])
+    init_data = [network.init_data() for network in (teacher, student) if not network.factory]
+    body = "\n\n\n".join([support, sftn_base, *factories, *init_data, *teacher.classes, *student.classes, main])
     return header + "\n" + preamble + "\n".join(import_lines) + "\n\n\n" + body
 
 
 def _main_class(result: BuildResult, teacher: NetworkSource, student: NetworkSource, transforms: list[str]) -> str:
-    """The ``SFTN`` class: the teacher's blocks, and one branch per teacher block but the last."""
+    """The ``SFTN`` class: the teacher's blocks, and one branch per teacher block but the last.
+
+    Everything is created in splicer.build's order (the teacher, the student it traces, then per
+    branch a fresh student and its transform), so that under the same ``torch.manual_seed``
+    ``SFTN()`` draws the weights ``splicer.build`` drew.
+    """
     sftn = result.sftn
     n = len(sftn.teacher.blocks)
-    lines = []
-    if teacher.factory:
-        lines.append("        model = _teacher_model()")
+    lines = [
+        "        # splicer.build's order, so that torch.manual_seed(s); SFTN() draws splicer.build's weights under seed s:",
+        "        # the teacher, the student splicer traces, then per branch a fresh student and its transform.",
+    ]
     teacher_blocks = ", ".join(teacher.call(k, "model") for k in range(n))
     clone_flags = list(sftn.teacher.clone_inputs)
-    lines.append(f"        teacher = BlockNet([{teacher_blocks}], {teacher.head_call('model')}, clone_inputs={clone_flags})")
-    branches = []
+    teacher_net = f"BlockNet([{teacher_blocks}], {teacher.head_call('model')}, clone_inputs={clone_flags})"
+    if teacher.factory:
+        lines += ["        model = _teacher_model()", f"        teacher = {teacher_net}"]
+    else:
+        lines += [
+            "        with torch.random.fork_rng(devices=[]):  # the layers' own draws are replaced by the model's",
+            f"            teacher = {teacher_net}",
+            f"        replay_initialisation([*teacher.blocks, teacher.head], {teacher.init_name})",
+        ]
+    if student.factory:
+        lines.append("        _student_model()  # the student splicer traces: its draws come before the branches'")
+    else:
+        lines.append(f"        replay_initialisation([], {student.init_name})  # the student splicer traces")
+    lines.append("        branches = []")
     for i in range(1, n):
         blocks = ", ".join(student.call(k - 2, "student") for k in range(i + 1, n + 1))
         clone = sftn.branches[i - 1].clone_input
-        branches.append(f"Branch({transforms[i - 1]}, [{blocks}], {student.head_call('student')}, clone_input={clone})")
-    if student.factory:
-        lines.append("        branches = []")
-        for branch in branches:
+        if student.factory:
             lines.append("        student = _student_model()  # a fresh student per branch, as splicer.build makes")
-            lines.append(f"        branches.append({branch})")
-    else:
-        lines.append("        branches = [")
-        lines += [f"            {branch}," for branch in branches]
-        lines.append("        ]")
+            lines.append(
+                f"        branches.append(Branch({transforms[i - 1]}, [{blocks}], {student.head_call('student')}, "
+                f"clone_input={clone}))"
+            )
+        else:
+            lines += [
+                "        with torch.random.fork_rng(devices=[]):",
+                f"            blocks, head = [{blocks}], {student.head_call('student')}",
+                f"        replay_initialisation([*blocks, head], {student.init_name})  # a fresh student per branch",
+                f"        branches.append(Branch({transforms[i - 1]}, blocks, head, clone_input={clone}))",
+            ]
     lines.append("        super().__init__(teacher, branches)")
     return (
         "class SFTN(_SFTNBase):\n"
@@ -103,8 +128,9 @@ def _header(result: BuildResult, networks: list[NetworkSource], imports: dict[st
     spec = result.spec
     title = f'"""Standalone SFTN "{spec.name}": teacher {spec.teacher.model}, student branches {spec.branch_network.model}.\n\n'
     usage = (
-        "``SFTN()`` builds the\narchitecture with the state_dict keys of ``splicer.build``; load trained weights with\n"
-        "``model.load_state_dict(torch.load(path, weights_only=True))``.\n"
+        "``SFTN()`` builds the\narchitecture with the state_dict keys of ``splicer.build``, initialised as splicer\n"
+        "initialised it (under the same ``torch.manual_seed``, the same weights); load trained weights\n"
+        "with ``model.load_state_dict(torch.load(path, weights_only=True))``.\n"
     )
     packages, user_modules = _needs(imports, networks)
     if not packages and not user_modules:

@@ -147,6 +147,11 @@ def save(checkpoint, path):
     os.replace(tmp, path)
 
 
+def non_finite_tensors(state):
+    """The names of the floating-point tensors in ``state`` that hold NaN or inf."""
+    return [name for name, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="image folder (train/, test/ or val/) or CIFAR folder")
@@ -182,6 +187,7 @@ def main(argv=None):
     for epoch in range(1, args.epochs + 1):
         model.train()
         started, window, epoch_loss, lr = time.time(), 0.0, 0.0, optimizer.param_groups[0]["lr"]
+        finite = torch.ones((), dtype=torch.bool, device=device)  # checked where the loss is printed: no sync per step
         for step, (images, labels) in enumerate(loader, 1):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with autocast:
@@ -191,7 +197,14 @@ def main(argv=None):
             loss.backward()
             optimizer.step()
             window += loss.detach()
+            finite &= torch.isfinite(loss.detach())
             if step % args.log_every == 0 or step == len(loader):
+                if not finite:
+                    first = step - (step - 1) % args.log_every
+                    sys.exit(
+                        f"epoch {epoch}/{args.epochs}: the loss became NaN/inf between steps {first} and {step}; "
+                        f"stopped without writing {args.out} (a lower --lr, or a check of the data, usually helps)"
+                    )
                 steps = (step - 1) % args.log_every + 1
                 epoch_loss += float(window)
                 mean = float(window) / steps
@@ -207,7 +220,11 @@ def main(argv=None):
         )
         # The layout of splicer's own checkpoints, so `splicer distill --teacher` and `splicer eval` read it.
         checkpoint = {"format": @@FORMAT@@, "kind": "sftn", "meta": {"trainer": "train_sftn.py"}, "spec": spec}
-        save({**checkpoint, "model": model.state_dict(), "epoch": epoch, "test_top1": top1}, args.out)
+        state = model.state_dict()
+        bad = non_finite_tensors(state)
+        if bad:
+            sys.exit(f"epoch {epoch}/{args.epochs}: {len(bad)} tensors hold NaN/inf (first {bad[0]}); not written to {args.out}")
+        save({**checkpoint, "model": state, "epoch": epoch, "test_top1": top1}, args.out)
     print(f"saved {args.out}")
 
 

@@ -6,6 +6,7 @@ setting. Defaults follow the paper's CIFAR-100 recipe (section 4.1 and 7.1).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -15,6 +16,12 @@ from splicer.errors import did_you_mean
 MODEL_SOURCES = ("cifar", "timm", "torchvision", "python")
 LOGGERS = ("jsonl", "tensorboard", "mlflow")
 """Where a run's per-epoch metrics can go (``train.loggers``); jsonl is metrics.jsonl, always written."""
+
+
+def default_workers() -> int:
+    """DataLoader workers the machine has: more than its CPUs only slows loading, and torch warns about it."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cpus <= 1 else min(4, cpus)
 
 
 class _Strict(BaseModel):
@@ -125,7 +132,12 @@ class DataSpec(_Strict):
         0, ge=0, description="Hold out this many training images as a validation split (evaluated instead of test)."
     )
     augment: bool = Field(True, description="Random crop (4-pixel padding) and horizontal flip on training batches.")
-    workers: int = Field(4, ge=0, description="DataLoader workers for large (ImageNet-style) images.")
+    workers: int = Field(
+        default_factory=default_workers,
+        ge=0,
+        description="DataLoader workers for large (ImageNet-style) images; default: the CPUs this process may use, "
+        "up to 4 (0, loading in the main process, on one CPU).",
+    )
     synthetic_train: int = Field(2048, ge=16, description="Synthetic task: training images.")
     synthetic_test: int = Field(512, ge=16, description="Synthetic task: test images.")
 
