@@ -12,6 +12,7 @@ so). One seed. Scored on ``--val-split`` held-out training images, never the tes
 
     python benchmarks/hetero_cpu.py                     # the stored table; sized for <= 40 min on 2 free cores
     python benchmarks/hetero_cpu.py --methods kd,at,rkd # some methods only
+    python benchmarks/hetero_cpu.py --pairs hetero_vit_resnet8_cpu.yaml   # one pair (run the other beside it)
     python benchmarks/hetero_cpu.py --train-subset 64 --val-split 64 --epochs 1 --name hetero_smoke  # a smoke
 
 Size: 5,000 training images and 2,000 held out, 6 epochs per run (the standard teacher, the
@@ -43,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from proof import REPO, RESULTS, SPECS, cifar10_root  # noqa: E402
+from proof import REPO, RESULTS, SPECS, cifar10_root, started  # noqa: E402
 from provenance import provenance, repo_relative as relative  # noqa: E402
 
 PAIRS = ("hetero_vit_resnet8_cpu.yaml", "hetero_resnet20_vit_cpu.yaml")
@@ -56,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="all", help="comma-separated methods, or all (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="the one seed (default: 0)")
+    parser.add_argument(
+        "--pairs",
+        default=",".join(PAIRS),
+        help="comma-separated spec files of benchmarks/specs/ to train (default: both); train each in its own "
+        "process (one thread each), then run without --pairs to write the table from the finished runs",
+    )
     parser.add_argument(
         "--train-subset", type=int, default=TRAIN_IMAGES, help=f"training images (default: {TRAIN_IMAGES})"
     )
@@ -139,12 +146,16 @@ def main(argv: list[str] | None = None) -> None:
     from splicer.training.experiment import run_experiment
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    pairs = [name.strip() for name in args.pairs.split(",") if name.strip()]
+    unknown = sorted(set(pairs) - set(PAIRS))
+    if unknown:
+        sys.exit(f"hetero_cpu.py: --pairs {','.join(unknown)}: unknown; valid: {', '.join(PAIRS)}")
     reports = []
-    for name in PAIRS:
+    for name in pairs:
         try:
             spec = load_spec(SPECS / name, args)
             folder = args.runs / spec.name / args.name
-            report = run_experiment(spec, methods, [args.seed], out=folder, resume=True, quiet=args.quiet)
+            report = run_experiment(spec, methods, [args.seed], out=folder, resume=started(folder), quiet=args.quiet)
         except SplicerError as exc:
             sys.exit(f"hetero_cpu.py: {name}: {exc}")
         if report["eval_split"] == "test":
@@ -156,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     markdown = render(reports, args, made)
     payload = {
         **made,
-        "specs": [relative(SPECS / name) for name in PAIRS],
+        "specs": [relative(SPECS / name) for name in pairs],
         "seed": args.seed,
         "train_subset": args.train_subset,
         "val_split": args.val_split,

@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from proof import REPO, RESULTS, SPECS, VALIDATION_IMAGES, cifar10_root  # noqa: E402
+from proof import REPO, RESULTS, SPECS, VALIDATION_IMAGES, cifar10_root, started  # noqa: E402
 from provenance import provenance, repo_relative as relative  # noqa: E402
 
 TEACHERS = ("standard", "sftn")
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         spec = load_spec(args)
         folder = args.runs / spec.name / args.name
-        report = run_experiment(spec, methods, [args.seed], out=folder, resume=True, quiet=args.quiet)
+        report = run_experiment(spec, methods, [args.seed], out=folder, resume=started(folder), quiet=args.quiet)
     except SplicerError as exc:
         sys.exit(f"methods_benchmark.py: {exc}")
     if report["eval_split"] == "test":

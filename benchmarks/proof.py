@@ -89,6 +89,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def started(folder: Path) -> bool:
+    """Whether an experiment folder holds work to continue: `splicer run --resume` refuses a missing or empty one."""
+    return folder.is_dir() and any(folder.iterdir())
+
+
 def cifar10_root(given: Path | None) -> Path:
     """The ImageFolder root of the real CIFAR-10: given, or unpacked from ../shared/data once."""
     if given is not None:
@@ -274,7 +279,8 @@ def probe(args: argparse.Namespace, root: Path, methods: list[str], seeds: list[
         spec = load_proof_spec(spec_file, probe_args, root)
         pipeline_rate(spec)  # decode and cache the images first: that is not training time
         report = run_experiment(
-            spec, methods, seeds, out=args.runs / spec.name / f"{name}_probe", resume=True, quiet=True,
+            spec, methods, seeds, out=args.runs / spec.name / f"{name}_probe",
+            resume=started(args.runs / spec.name / f"{name}_probe"), quiet=True,
             sftn_from=sftn_from(args),
         )
         seconds += sum(s["wall_seconds"] for runs in summaries(report).values() for s in runs)
@@ -354,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
             spec = load_proof_spec(spec_file, args, root)
             out = args.runs / spec.name / name
             report = run_experiment(
-                spec, methods, seeds, out=out, resume=True, quiet=args.quiet, sftn_from=sftn_from(args)
+                spec, methods, seeds, out=out, resume=started(out), quiet=args.quiet, sftn_from=sftn_from(args)
             )
             lines, timing = timing_table(report, pipeline_rate(spec))
             curves = teacher_curves(report)
