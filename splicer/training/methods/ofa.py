@@ -204,6 +204,10 @@ class OFA(DistillMethod):
 
     needs_features: ClassVar[bool] = True
     reads: ClassVar[FeatureForm] = "native"
+    size_rule: ClassVar[str] = (
+        "the teacher's logits only; each chosen student block end, in its own layout, through its own projector "
+        "to class logits (conv stages for maps, patch merging and transformer blocks for tokens)"
+    )
     Options = OFAOptions
 
     def build(self, teacher_shapes: list[Shape], student_shapes: list[Shape]) -> None:
