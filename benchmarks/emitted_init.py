@@ -266,7 +266,10 @@ def merge(args: argparse.Namespace, argv: list[str] | None) -> None:
     rows = sorted(by_model.values(), key=lambda r: order.get(r.model.split(" (")[0], len(order)))
     meta = provenance(argv, args.threads)
     carried = [shard for p in payloads if "shards" in p["meta"] for shard in p["meta"]["shards"].split("; ")]
-    earlier = [f"{p['meta']['command']} ({p['meta']['date']}, commit {p['meta']['commit']})" for p in payloads if "shards" in p["meta"]]
+    earlier = []  # the merges that made the stored tables, oldest first
+    for stored in (p["meta"] for p in payloads if "shards" in p["meta"]):
+        earlier += [m for m in stored.get("earlier merges", "").split("; ") if m]
+        earlier.append(f"{stored['command']} ({stored['date']}, commit {stored['commit']})")
     # The shards' folders are scratch space of the machine that ran them: named by their place only (a stored
     # merged table keeps its repository path).
     fresh = [(folder, p) for folder, p in zip(args.merge, payloads) if "shards" not in p["meta"]]
