@@ -10,8 +10,9 @@ seed, same weights). The column "emitted as" says how each network was written: 
 Results go to ``benchmarks/results/emitted_init.{md,json}``. On a shared machine the models can
 be split over processes (``--shard 0/2``, ``--shard 1/2``, each with its own ``--out``) and the
 shards' tables merged into one (``--merge DIR DIR``); ``--skip DIR`` leaves out the models a stopped
-run already measured. Models are taken round-robin over the groups, so a stopped run has some
-of every group.
+run already measured; ``--models`` runs only the named ones. Models are taken round-robin over the
+groups, so a stopped run has some of every group. Merging a stored (merged) table with a newer run
+keeps the stored rows but the re-run models', and its shards' commands.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ def models(args: argparse.Namespace) -> list[tuple[str, str, str, int]]:
     ]
     rows += OTHER_MODELS
     rows = [r for r in rows if not args.groups or r[0] in args.groups]
+    if args.models:
+        rows = [r for r in rows if r[2] in args.models or r[2].partition(":")[2] in args.models]
     by_group: dict[str, list[tuple[str, str, str, int]]] = {}
     for row in rows:
         by_group.setdefault(row[0], []).append(row)
@@ -230,6 +233,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--groups", nargs="*", choices=[*GROUPS, "torchvision", "cifar", "python"], help="only these groups"
     )
+    parser.add_argument("--models", nargs="+", metavar="NAME", help="only these models (timm:NAME or NAME)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N", help="only every N-th model from the I-th")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="DIR", help="merge the shards' results in these folders")
@@ -246,28 +250,45 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def merge(args: argparse.Namespace, argv: list[str] | None) -> None:
-    """One table from the shards' tables, in the order of a single run; each shard's command and times kept."""
+    """One table from the shards' tables, in the order of a single run; each shard's command and times kept.
+
+    A folder that holds a merged table (the stored one) brings its shards along; a model measured in
+    several folders keeps the row of the last one, so re-run models replace their stored rows.
+    """
     payloads = [json.loads((folder / "emitted_init.json").read_text()) for folder in args.merge]
-    rows = [Row(**{**r, "input_size": tuple(r["input_size"])}) for p in payloads for r in p["rows"]]
-    every = argparse.Namespace(**{**vars(args), "skip": None, "shard": (0, 1)})
+    by_model: dict[str, Row] = {}
+    for payload in payloads:
+        for r in payload["rows"]:
+            row = Row(**{**r, "input_size": tuple(r["input_size"])})
+            by_model[row.model.split(" (")[0]] = row
+    every = argparse.Namespace(**{**vars(args), "skip": None, "shard": (0, 1), "models": None})
     order = {reference: n for n, (_, _, reference, _) in enumerate(models(every))}
-    rows.sort(key=lambda r: order.get(r.model.split(" (")[0], len(order)))
+    rows = sorted(by_model.values(), key=lambda r: order.get(r.model.split(" (")[0], len(order)))
     meta = provenance(argv, args.threads)
-    # The shards' folders are scratch space of the machine that ran them: named by their place only.
-    names = {repo_relative(folder): f"SHARD{i}" for i, folder in enumerate(args.merge)}
+    carried = [shard for p in payloads if "shards" in p["meta"] for shard in p["meta"]["shards"].split("; ")]
+    earlier = []  # the merges that made the stored tables, oldest first
+    for stored in (p["meta"] for p in payloads if "shards" in p["meta"]):
+        earlier += [m for m in stored.get("earlier merges", "").split("; ") if m]
+        earlier.append(f"{stored['command']} ({stored['date']}, commit {stored['commit']})")
+    # The shards' folders are scratch space of the machine that ran them: named by their place only (a stored
+    # merged table keeps its repository path).
+    fresh = [(folder, p) for folder, p in zip(args.merge, payloads) if "shards" not in p["meta"]]
+    names = {repo_relative(folder): f"SHARD{len(carried) + i}" for i, (folder, _) in enumerate(fresh)}
 
     def named(command: str) -> str:
         return " ".join(names.get(word, word) for word in command.split(" "))
 
     meta["command"] = named(meta["command"])
-    shards = []
-    for i, payload in enumerate(payloads):
+    shards = list(carried)
+    for folder, payload in fresh:
         shard = payload["meta"]
         shards.append(
-            f"SHARD{i}: {named(shard['command'])} ({shard['date']}, {shard['total seconds']} s, "
+            f"{names[repo_relative(folder)]}: {named(shard['command'])} ({shard['date']}, {shard['total seconds']} s, "
             f"{shard['models run']} models, commit {shard['commit']})"
         )
     meta["shards"] = "; ".join(shards)
+    if earlier:
+        meta["earlier merges"] = "; ".join(earlier)
     meta.update({"pairs": payloads[0]["meta"]["pairs"], "models run": f"{len(rows)} of {len(order)}"})
     write(args.out, rows, meta)
 

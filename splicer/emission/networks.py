@@ -13,13 +13,19 @@ module paths. Its class in ``sftn.py`` keeps that code as is and rebuilds the pa
   (``timm.create_model(...)``, the user's factory) and each block takes the model's own
   submodules, parameters and buffers at their paths, exactly as ``fx.GraphModule`` took them
   from the traced model. What tracing added (dropout modules, tensor constants) is written
-  out. CIFAR zoo models are splicer's own, so they can only be written layer by layer.
+  out: small constants as ``torch.tensor`` literals, larger ones (timm's Swin V2 attention masks,
+  computed from the input size while tracing) packed as their exact bytes, which
+  :func:`_unpack_tensor` decodes. CIFAR zoo models are splicer's own, so they can only be written
+  layer by layer.
 """
 
 from __future__ import annotations
 
+import base64
 import inspect
+import sys
 import textwrap
+import zlib
 import types
 from dataclasses import dataclass
 
@@ -50,8 +56,9 @@ _STANDARD_GLOBALS = {
     "pytree": "import torch.utils._pytree as pytree",
 }
 
-# Tensor constants that tracing added are written as literals up to this many elements.
+# Tensor constants that tracing added are written as readable literals up to this many elements, larger ones packed.
 _MAX_CONSTANT_ELEMENTS = 4096
+_PACKED_LINE = 96  # characters of base64 per line of a packed constant
 
 
 class EmissionError(SplicerError):
@@ -70,6 +77,7 @@ class NetworkSource:
     constructor: str = ""  # the call that creates the model, e.g. timm.create_model('resnet18', ...)
     user_module: str | None = None  # the user's module a python: reference imports
     checkpoint: str | None = None
+    packed_constants: bool = False  # whether its classes call _unpack_tensor
     init_ops: list[InitOp] | None = None  # the model's torch.nn.init calls, when written layer by layer
 
     @property
@@ -129,7 +137,8 @@ def network_source(
     )
     user_module = import_line.split()[1] if network.model.startswith("python:") else None
     checkpoint = str(network.checkpoint) if network.checkpoint else None
-    return NetworkSource(role, classes, names[:-1], names[-1], factory, constructor, user_module, checkpoint)
+    packed = any(f"{_unpack_tensor.__name__}(" in text for text in classes)
+    return NetworkSource(role, classes, names[:-1], names[-1], factory, constructor, user_module, checkpoint, packed)
 
 
 def _standalone_class(name: str, block: fx.GraphModule, imports: dict[str, int]) -> str:
@@ -171,7 +180,7 @@ def _over_model_class(name: str, block: fx.GraphModule, model: nn.Module, import
             lines.append(f"        _install(self, {node.target!r}, {module_expr(built, node.target)})")
         else:
             is_param = isinstance(built, nn.Parameter)
-            value = _tensor_expr(built, f"{name}: {node.target}")
+            value = _tensor_expr(built, f"{name}: {node.target}", imports)
             lines.append(f"        _install(self, {node.target!r}, {value}, parameter={is_param})")
     lines.append(_forward_source(name, block, imports))
     return "\n".join(lines)
@@ -231,10 +240,16 @@ def _share(model: nn.Module, block: nn.Module, path: str) -> None:
         setattr(block, leaf, value)
 
 
-def support_functions(over_model: bool, layer_by_layer: bool) -> list[types.FunctionType]:
+def support_functions(over_model: bool, layer_by_layer: bool, packed_constants: bool = False) -> list[types.FunctionType]:
     """The helpers the block classes call, for ``sftn.py`` to carry: ``_share`` only where a network is over
-    its model, ``replay_initialisation`` only where one is written layer by layer."""
-    return [_install] + ([_share] if over_model else []) + ([replay_initialisation] if layer_by_layer else [])
+    its model, ``replay_initialisation`` only where one is written layer by layer, ``_unpack_tensor``
+    only where a large tensor constant is packed."""
+    return (
+        [_install]
+        + ([_share] if over_model else [])
+        + ([replay_initialisation] if layer_by_layer else [])
+        + ([_unpack_tensor] if packed_constants else [])
+    )
 
 
 def _get_attr(block: nn.Module, target: str) -> nn.Module | torch.Tensor:
@@ -268,14 +283,32 @@ def _check_same(built: nn.Module | torch.Tensor, fresh: nn.Module | torch.Tensor
         raise EmissionError(f"{where}: the model created from its reference holds {problem} at this path")
 
 
-def _tensor_expr(tensor: torch.Tensor, where: str) -> str:
-    """A literal for a small tensor constant that tracing added."""
-    if tensor.numel() > _MAX_CONSTANT_ELEMENTS:
-        raise EmissionError(
-            f"{where}: a tensor constant of {tensor.numel()} elements added by tracing; only constants up to "
-            f"{_MAX_CONSTANT_ELEMENTS} elements are written as literals"
-        )
-    return f"torch.tensor({tensor.detach().cpu().tolist()!r}, dtype={tensor.dtype})"
+def _tensor_expr(tensor: torch.Tensor, where: str, imports: dict[str, int]) -> str:
+    """An exact expression for a tensor constant that tracing added: a readable literal when small, else packed bytes.
+
+    A literal of tens of thousands of numbers would bury the file, so a larger constant is written as
+    its raw little-endian bytes, zlib-compressed and base64-encoded (masks of a few distinct values
+    shrink to little), with its dtype and shape in the call; the imports it needs go to ``imports``.
+    """
+    tensor = tensor.detach().cpu()
+    if tensor.numel() <= _MAX_CONSTANT_ELEMENTS:
+        return f"torch.tensor({tensor.tolist()!r}, dtype={tensor.dtype})"
+    if tensor.is_complex() or tensor.is_quantized or tensor.layout != torch.strided or sys.byteorder != "little":
+        raise EmissionError(f"{where}: cannot write a {tensor.dtype} tensor constant of {tensor.numel()} elements as bytes")
+    raw = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    data = base64.b64encode(zlib.compress(raw, 9)).decode("ascii")
+    lines = "".join(f"            {data[i:i + _PACKED_LINE]!r}\n" for i in range(0, len(data), _PACKED_LINE))
+    for line in ("import base64", "import sys", "import zlib"):
+        imports.setdefault(line, 0)
+    return f"{_unpack_tensor.__name__}({tensor.dtype}, {list(tensor.shape)}, (\n{lines}        ))"
+
+
+def _unpack_tensor(dtype: torch.dtype, shape: list[int], data: str) -> torch.Tensor:
+    """A tensor constant written packed: its raw little-endian bytes, zlib-compressed, base64-encoded."""
+    if sys.byteorder != "little":
+        raise RuntimeError("this file's packed tensor constants are little-endian; load it on a little-endian machine")
+    raw = bytearray(zlib.decompress(base64.b64decode(data)))
+    return torch.frombuffer(raw, dtype=dtype).reshape(shape).clone()
 
 
 def module_expr(module: nn.Module, where: str, own_classes: dict[str, str] | None = None) -> str:

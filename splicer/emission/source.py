@@ -49,6 +49,7 @@ def emit_source(result: BuildResult) -> str:
         *support_functions(
             over_model=bool(teacher.factory or student.factory),
             layer_by_layer=not (teacher.factory and student.factory),
+            packed_constants=teacher.packed_constants or student.packed_constants,
         ),
         Resize,
         sftn_modules.BlockNet,
