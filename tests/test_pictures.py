@@ -84,9 +84,10 @@ def test_every_label_fits_its_box_even_a_long_one(toy_result):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["vit_small_resnet18", "resnet32x4_shufflev1"])
+@pytest.mark.parametrize("name", sorted(path.stem for path in (REPO / "specs").glob("*.yaml")))
 def test_labels_fit_for_the_shipped_specs(name):
-    """The transformer pair whose "8x8 transposed conv stride 4" once ran into "branch 1", and a CIFAR pair."""
+    """Every shipped spec, vit_small_resnet18's "8x8 transposed conv stride 4" (which once ran into "branch 1")
+    included: 17 s for all of them on an idle core."""
     result = splicer.compile_spec(REPO / "specs" / f"{name}.yaml", verify=False)
     assert label_overflows(branch_graph(result)) == []
 
