@@ -120,7 +120,7 @@ def portable(report: dict[str, Any]) -> dict[str, Any]:
 
 def render(reports: list[dict[str, Any]], args: argparse.Namespace, made: dict[str, str]) -> str:
     """Both pairs' tables (splicer's experiment report, the layout of the paper's table 2) under one header."""
-    from splicer.training.experiment import render_markdown
+    from splicer.experiments.experiment import render_markdown
 
     lines = [
         "# Distillation across architectures on the CPU: ViT -> CNN and CNN -> ViT (CIFAR-10, validation split)",
@@ -143,7 +143,7 @@ def render(reports: list[dict[str, Any]], args: argparse.Namespace, made: dict[s
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from splicer.errors import SplicerError
-    from splicer.training.experiment import run_experiment
+    from splicer.experiments.experiment import run_experiment
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     pairs = [name.strip() for name in args.pairs.split(",") if name.strip()]

@@ -159,7 +159,7 @@ def summarise(measured: dict[str, Any]) -> dict[str, Any]:
 
 def render(rows: dict[str, Any], spec, args: argparse.Namespace, made: dict[str, str]) -> str:
     """The markdown table; ``made`` is the provenance (date, command, versions, machine)."""
-    from splicer.training.experiment import method_title
+    from splicer.experiments.experiment import method_title
 
     def cell(entry: dict[str, Any]) -> str:
         if entry["relative_to_kd"] is None:
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from splicer.errors import SplicerError
-    from splicer.training.experiment import expand_methods
+    from splicer.experiments.experiment import expand_methods
 
     torch.set_num_threads(args.threads)
     load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())

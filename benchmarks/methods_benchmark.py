@@ -101,7 +101,7 @@ def render(
     report: dict[str, Any], rows: dict[str, dict[str, Any]], spec, args: argparse.Namespace, made: dict[str, str]
 ) -> str:
     """The markdown table; ``made`` is the provenance (date, command, versions, machine)."""
-    from splicer.training.experiment import method_title
+    from splicer.experiments.experiment import method_title
 
     def top1(value: float | None) -> str:
         return "failed" if value is None else f"{value:.2f}"
@@ -163,7 +163,7 @@ def render(
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from splicer.errors import SplicerError
-    from splicer.training.experiment import run_experiment
+    from splicer.experiments.experiment import run_experiment
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:

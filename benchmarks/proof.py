@@ -211,7 +211,7 @@ def teacher_curves(report: dict[str, Any]) -> dict[str, dict[str, list[dict[str,
 def curve_table(curves: dict[str, dict[str, list[dict[str, Any]]]], split: str) -> list[str]:
     """Markdown rows: at evaluated epochs (thinned to CURVE_ROWS, the last always kept), each
     teacher's training and eval accuracy, mean over seeds, and its gap (train - eval)."""
-    from splicer.training.experiment import TEACHER_TITLES
+    from splicer.experiments.experiment import TEACHER_TITLES
 
     def at(kind: str, epoch: int, key: str) -> float:
         return statistics.fmean(
@@ -271,7 +271,7 @@ def plot_teacher_curves(pairs: dict[str, Any], split: str, path: Path, commit: s
 
 def probe(args: argparse.Namespace, root: Path, methods: list[str], seeds: list[int], name: str) -> float:
     """Seconds that one epoch of every run of the proof takes, summed (from the runs' own timings)."""
-    from splicer.training.experiment import run_experiment
+    from splicer.experiments.experiment import run_experiment
 
     probe_args = argparse.Namespace(**{**vars(args), "epochs": 1})
     seconds = 0.0
@@ -322,7 +322,7 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from splicer.errors import SplicerError
-    from splicer.training.experiment import render_markdown, run_experiment
+    from splicer.experiments.experiment import render_markdown, run_experiment
 
     root = cifar10_root(args.data_root)
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -219,7 +219,7 @@ def test_sweep_under_two_processes_trains_its_reference_as_one_process_and_reuse
 
 def test_probe_under_two_processes_scores_as_one_process(plain_runs: Path):
     """`run --resume --probe` under torchrun: every rank probes (the same frozen networks), rank 0 writes table 7."""
-    from splicer.training.probe import linear_probe, load_probe_data
+    from splicer.experiments.probe import linear_probe, load_probe_data
 
     shutil.copytree(plain_runs / "two", plain_runs / "probe")
     data_file = plain_runs / "probe.yaml"

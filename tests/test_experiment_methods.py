@@ -17,7 +17,7 @@ from splicer.cli.main import app
 from splicer.errors import SplicerError
 from splicer.spec import spec_from_dict
 from splicer.training import plots
-from splicer.training.experiment import (
+from splicer.experiments.experiment import (
     ERROR_FILE,
     build_report,
     expand_methods,
@@ -167,7 +167,7 @@ def test_unknown_methods_and_options_fail_before_any_training(tmp_path: Path):
 
 def test_similarity_is_stored_and_measured_again_only_for_a_changed_checkpoint(tmp_path: Path, monkeypatch):
     """Rewriting a table from finished runs reuses each student's KL and CKA; a new teacher checkpoint does not."""
-    from splicer.training import experiment
+    from splicer.experiments import experiment
 
     spec = spec_from_dict(tiny_spec())
     first = run_experiment(spec, ["kd"], [0], out=tmp_path, resume=False, quiet=True)

@@ -20,7 +20,7 @@ from splicer.errors import UnsupportedPairError
 from splicer.spec import spec_from_dict
 from splicer.synthesis.layouts import as_map, as_vector
 from splicer.trace.layouts import FeatureLayout
-from splicer.training.experiment import run_experiment
+from splicer.experiments.experiment import run_experiment
 from splicer.training.methods import METHODS
 from splicer.training.stage2 import distill_loss, feature_report, method_for_pair
 

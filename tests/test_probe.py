@@ -15,7 +15,7 @@ from splicer.cli.main import app
 from splicer.errors import SplicerError
 from splicer.spec import spec_from_dict
 from splicer.training.checkpoint import load_checkpoint
-from splicer.training.probe import load_probe_data, linear_probe, pooled_features
+from splicer.experiments.probe import load_probe_data, linear_probe, pooled_features
 from splicer.training.stage2 import train_student
 from tests.conftest import toy_spec
 

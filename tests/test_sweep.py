@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from splicer.cli.main import app
 from splicer.errors import SplicerError
 from splicer.spec import spec_from_dict
-from splicer.training import sweep
-from splicer.training.sweep import cell_name, grid, parse_sweeps, run_sweep
+from splicer.experiments import sweep
+from splicer.experiments.sweep import cell_name, grid, parse_sweeps, run_sweep
 from tests.conftest import toy_spec
 
 runner = CliRunner()

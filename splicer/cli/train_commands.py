@@ -295,7 +295,7 @@ def run(
 ) -> None:
     """Train standard and SFTN teachers, the student alone and distilled from each; report them side by side."""
     from splicer.errors import SplicerError
-    from splicer.training.experiment import SFTN_FROM, check_method_names, check_methods, experiment_folder
+    from splicer.experiments.experiment import SFTN_FROM, check_method_names, check_methods, experiment_folder
     from splicer.training.online import BASELINES
 
     resolved = _spec(spec, set_, epochs=epochs, batch_size=batch_size, lr=lr, device=device)
@@ -315,14 +315,14 @@ def run(
         raise SplicerError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2")
     probe_data = None
     if probe is not None:
-        from splicer.training.probe import check_probe_input, load_probe_data
+        from splicer.experiments.probe import check_probe_input, load_probe_data
 
         probe_data = load_probe_data(probe)
         check_probe_input(probe_data, resolved.input_size, f"the networks of spec {resolved.name!r}")
     if probe_device not in ("auto", "cpu", "cuda"):
         raise SplicerError(f"--probe-device {probe_device!r}: use auto, cpu or cuda")
     if sweep:
-        from splicer.training.sweep import check_sweep, parse_sweeps, render_markdown, run_sweep
+        from splicer.experiments.sweep import check_sweep, parse_sweeps, render_markdown, run_sweep
 
         if baselines or probe_data is not None or sftn_from != "scratch":
             raise SplicerError(
@@ -349,7 +349,7 @@ def run(
     if out is not None or resume:
         out = experiment_folder(resolved.name, out, resume)  # checks the folder, writes nothing
     _launch(nproc, "run", resolved)
-    from splicer.training.experiment import render_markdown, run_experiment
+    from splicer.experiments.experiment import render_markdown, run_experiment
 
     rco_anchors = anchors if "rco" in baselines else 0
     report = run_experiment(
@@ -357,13 +357,13 @@ def run(
     )
     text = render_markdown(report)
     if baselines:
-        from splicer.training.online.table import add_baselines
-        from splicer.training.online.table import render_markdown as render_baselines
+        from splicer.experiments.baselines import add_baselines
+        from splicer.experiments.baselines import render_markdown as render_baselines
 
         report = add_baselines(report, resolved, baselines, resume=resume, quiet=quiet)
         text += render_baselines(report["baselines"])
     if probe_data is not None:
-        from splicer.training.probe import add_transfer, render_transfer
+        from splicer.experiments.probe import add_transfer, render_transfer
 
         report = add_transfer(report, probe_data, str(probe), probe_device)
         text += render_transfer(report["transfer"])
@@ -389,7 +389,7 @@ def probe(
 ) -> None:
     """Transfer by linear probe: freeze RUN's network, fit a linear classifier on its pooled features of DATA."""
     from splicer.errors import SplicerError
-    from splicer.training.probe import linear_probe, load_probe_data
+    from splicer.experiments.probe import linear_probe, load_probe_data
 
     if device not in ("auto", "cpu", "cuda"):
         raise SplicerError(f"--device {device!r}: use auto, cpu or cuda")

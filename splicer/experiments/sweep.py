@@ -95,7 +95,7 @@ def check_sweep(
     """Everything a sweep will use, checked before anything trains or is written: every key and value
     (applied to the spec and validated), the methods and their options in every cell, the folder.
     Returns the cells, the methods (``all`` expanded) and the sweep folder."""
-    from splicer.training.experiment import check_methods
+    from splicer.experiments.experiment import check_methods
 
     if not sweeps or not methods or not seeds:
         raise SplicerError("a sweep needs at least one --sweep, one method and one seed")
