@@ -85,7 +85,9 @@ def splicer_variants(views: int) -> list[Variant]:
             requires=("distill.teacher_fold_bn",),
             fallback_sets=(),  # before the fold option, splicer's teacher is always live and unfolded
         ),
-        Variant("splicer, folded teacher", sets=("distill.teacher_fold_bn=true",), requires=("distill.teacher_fold_bn",)),
+        Variant(
+            "splicer, folded teacher", sets=("distill.teacher_fold_bn=true",), requires=("distill.teacher_fold_bn",)
+        ),
         Variant(
             "splicer, stored soft labels",
             sets=(f"distill.soft_labels.views={views}",),
@@ -132,9 +134,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--work", type=Path, default=REPO / ".cache" / "peer_throughput",
         help="data, teachers, peers' sources, venvs and runs (default: .cache/peer_throughput)",
     )
-    parser.add_argument("--repdistiller", help=f"RepDistiller checkout or git directory (default: clone {REPDISTILLER_URL})")
     parser.add_argument(
-        "--torchdistill-src", help=f"torchdistill checkout or git directory, for its example (default: clone {TORCHDISTILL_URL})"
+        "--repdistiller", help=f"RepDistiller checkout or git directory (default: clone {REPDISTILLER_URL})"
+    )
+    parser.add_argument(
+        "--torchdistill-src",
+        help=f"torchdistill checkout or git directory, for its example (default: clone {TORCHDISTILL_URL})",
     )
     parser.add_argument("--seed", type=int, default=0, help="data and teacher seed (default: 0)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results/)")
@@ -165,7 +170,8 @@ def spec_has(dotted: str) -> bool:
         if fields is None or part not in fields:
             return False
         annotation = fields[part].annotation
-        models = [a for a in (annotation, *typing.get_args(annotation)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        candidates = (annotation, *typing.get_args(annotation))
+        models = [a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)]
         model = models[0] if models else None
     return True
 
