@@ -55,8 +55,6 @@ FORMAT = 1
 """Version of the store's layout, in its manifest and every chunk."""
 CHUNK_IMAGES = 1024
 """Training images per chunk file: what an interrupted precompute loses at most."""
-TEACHER_BATCH = 512
-"""Images per teacher forward pass while precomputing (inference: no activations kept for a backward)."""
 
 
 def soft_label_methods() -> list[str]:
@@ -285,9 +283,10 @@ def _compute_chunk(
         drawn = [draw_crop_flip(generator, count, train.pad) for _ in range(views)]
     top, left, flip = (torch.stack([view[part] for view in drawn], dim=1) for part in range(3))
     logits = torch.empty(count, views, num_classes)
+    batch = train.batch_size  # the live teacher's batch: known to fit, and no slower per image on a CPU than more
     for view in range(views):
-        for begin in range(0, count, TEACHER_BATCH):
-            rows = slice(begin, min(begin + TEACHER_BATCH, count))
+        for begin in range(0, count, batch):
+            rows = slice(begin, min(begin + batch, count))
             index = torch.arange(start + rows.start, start + rows.stop, device=device)
             crops = None if train.pad is None else tuple(p[rows, view].to(device) for p in (top, left, flip))
             with torch.no_grad(), runtime.autocast():
