@@ -160,7 +160,7 @@ def open_soft_labels(
     device. A store computed for another teacher, data, seed or setting is refused, never overwritten."""
     train = data.train
     if not isinstance(train, MemoryBatches):
-        raise SplicerError("distill.soft_labels: soft labels need in-memory training data")  # check_soft_labels
+        raise SplicerError("distill.soft_labels: the training images stream from disk; soft labels need in-memory data")
     run = dist.from_main(run)
     settings = spec.distill.soft_labels
     assert settings is not None
@@ -182,13 +182,13 @@ def open_soft_labels(
     count, views = len(train.labels), settings.views
     chunks = math.ceil(count / CHUNK_IMAGES)
     missing = [c for c in range(chunks) if not _chunk_path(run, c).is_file()]
+    started, before = time.perf_counter(), manifest["seconds"]
     if missing:
         manifest["complete"] = False
         logger.info(
             f"{logger.title}: computing soft labels once: {count:,} images x {views} views = {count * views:,} "
             f"teacher passes into {folder} ({chunks - len(missing)} of {chunks} chunks already there)"
         )
-        started, before = time.perf_counter(), manifest["seconds"]
         teacher.eval()
         mine = [c for c in missing if c % dist.world_size == dist.rank]
         with logger.progress(f"{logger.title} soft labels, chunks", len(mine)) as progress:
@@ -205,6 +205,7 @@ def open_soft_labels(
     if dist.is_main and not manifest["complete"]:
         manifest.update(
             complete=True,
+            seconds=before + time.perf_counter() - started,  # until the last rank's chunks were written
             teacher_images=count * views,
             store_bytes=sum(_chunk_path(run, c).stat().st_size for c in range(chunks)),
         )
@@ -272,7 +273,8 @@ def _compute_chunk(
     temperature: float | None,
     runtime: Runtime,
 ) -> dict[str, Any]:
-    """Chunk ``chunk``'s images: their views' crops and flips, drawn as training draws them, and the teacher's outputs."""
+    """Chunk ``chunk``'s images: their views' crops and flips, drawn as training draws them, and the teacher's
+    outputs on them."""
     start = chunk * CHUNK_IMAGES
     stop = min(start + CHUNK_IMAGES, len(train.labels))
     count, device = stop - start, train.images.device
