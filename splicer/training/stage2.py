@@ -36,6 +36,7 @@ from splicer.training.methods import METHODS, DistillMethod, create_method
 from splicer.training.methods.base import FeatureForm, adapt_features, block_features, block_layouts, method_options
 from splicer.training.phases import train_phases
 from splicer.training.runs import RunDir, open_run
+from splicer.training.soft_labels import check_soft_labels, open_soft_labels, soft_label_loss
 from splicer.training.stage1 import cross_entropy_loss
 
 
@@ -102,6 +103,12 @@ def distill(
     )
     data.train.indexed = loss_method.needs_indices
     loss_method.bind_data(data)
+    if spec.distill.soft_labels is not None:  # the teacher's logits computed once, read instead of a forward pass
+        labels = open_soft_labels(spec, method, run, teacher_net, digest, data, runtime, dist, stage.title, quiet)
+        data.train = labels.batches(data.train)
+        stage.loss = soft_label_loss(student, loss_method, labels)
+        stage.meta["soft_labels"] = labels.facts
+        stage.notes.append(labels.note())
     title, meta = stage.title, stage.meta
     train_phases(loss_method, student, teacher_net, spec, run, data, runtime, dist, resume, quiet, title, meta)
     return fit(stage, spec, run, data, runtime, dist, resume and run.last.is_file(), quiet)
@@ -123,6 +130,7 @@ def check_distill(
             )
         create_method(method, spec.distill, [], [])  # raises the registry's message with suggestions
     method_options(method, spec.distill)
+    check_soft_labels(spec, method)
     teacher_path = resolve_checkpoint(teacher, "last")
     checkpoint = load_checkpoint(teacher_path)
     kind = checkpoint["kind"]
@@ -227,6 +235,8 @@ def _check_same_teacher(spec: Spec, checkpoint: dict[str, Any], path: Path) -> N
 def _check_resumed_teacher(run: RunDir, teacher_path: Path, digest: str) -> None:
     """A resumed run must keep its teacher's weights; they are compared by digest, so the teacher may have
     moved with its experiment (runs written before the digest existed are compared by path)."""
+    if not run.checkpoints():  # only soft labels computed so far: their manifest names the teacher's digest
+        return
     meta = load_checkpoint(run.checkpoints()[-1])["meta"]
     previous = Path(meta["teacher"])
     if "teacher_digest" in meta:
