@@ -306,6 +306,23 @@ class DistillSpec(_Strict):
         description="Train from the teacher's logits computed once on stored augmented views (kd, dkd, dist; "
         "in-memory data), without a teacher forward pass per step; null: the teacher runs at every step.",
     )
+    teacher_fold_bn: bool = Field(
+        True,
+        description="Fold the frozen teacher's BatchNorms into the convolutions before them (same outputs, "
+        "checked at start against the unfolded teacher); false: run the teacher as trained.",
+    )
+    teacher_channels_last: Literal["auto", True, False] = Field(
+        "auto",
+        description="Run the frozen teacher channels-last. auto: on (faster on CUDA and, measured, on the CPU).",
+    )
+    teacher_precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="The frozen teacher's numerics (its outputs reach the loss as float32). "
+        "auto: bf16 autocast on CUDA GPUs that support it, fp32 elsewhere (bf16 is far slower on the CPU).",
+    )
+    teacher_compile: bool = Field(
+        False, description="torch.compile the frozen teacher for inference (its own graphs, apart from train.compile)."
+    )
 
 
 class Spec(_Strict):
