@@ -12,6 +12,15 @@ def crop_padding(side: int) -> int:
     return max(1, round(4 * side / 32))
 
 
+def draw_crop_flip(generator: torch.Generator, count: int, pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``count`` crops and flips of the paper's augmentation, on the CPU: (top, left) uniform in
+    0 .. 2 * pad (int64) and a flip with probability 1/2 (bool), drawn in this order."""
+    top = torch.randint(0, 2 * pad + 1, (count,), generator=generator)
+    left = torch.randint(0, 2 * pad + 1, (count,), generator=generator)
+    flip = torch.rand(count, generator=generator) < 0.5
+    return top, left, flip
+
+
 def crop_flip(
     images: torch.Tensor, pad: int, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor
 ) -> torch.Tensor:

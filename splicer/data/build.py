@@ -48,9 +48,14 @@ def build_data(
             f"{list(input_size)}; set input_size: [{channels}, {spec.resize}, {spec.resize}] or change data.resize"
         )
     device = torch.device(device)
-    if spec.dataset == "imagefolder" and max(size) > SMALL_SIDE:
+    if streams_from_disk(spec, input_size):
         return _large_bundle(spec, size, channels, num_classes, batch_size, device, seed)
     return _memory_bundle(spec, size, channels, num_classes, batch_size, device, seed)
+
+
+def streams_from_disk(spec: DataSpec, input_size: tuple[int, int, int]) -> bool:
+    """Whether training images are decoded from disk per step (large image folders) rather than held in memory."""
+    return spec.dataset == "imagefolder" and max(input_size[1:]) > SMALL_SIDE
 
 
 def _memory_bundle(

@@ -7,16 +7,21 @@ the DataLoader, host decoding and host-to-device copies from the training loop.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from splicer.data.augment import Normalize, crop_flip
+from splicer.data.augment import Normalize, crop_flip, draw_crop_flip
 from splicer.data.bundle import ShardedBatches, epoch_generator
 
 _CHUNK = 4096  # images per step of whole-split ops, to bound float32 temporaries
+
+Crops = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""(top, left, flip) per image: where its crop starts in the padded image, and whether it is mirrored."""
+BatchExtras = Callable[[torch.Tensor, slice], tuple[torch.Tensor, ...]]
+"""(the batch's image indices, its positions in the epoch's order) -> what the batch carries after the labels."""
 
 
 @dataclass
@@ -109,25 +114,32 @@ class MemoryBatches(ShardedBatches):
             stop = min(start + self._share, last)
             yield self.normalize(self.images[start:stop]), self.labels[start:stop]
 
+    def augmented(self, index: torch.Tensor, crops: Crops | None) -> torch.Tensor:
+        """Normalised images ``index``, cropped and flipped by ``crops`` (top, left, flip per image) unless None."""
+        images = self.images[index]
+        if crops is not None:
+            images = crop_flip(images, self.pad, *crops)
+        return self.normalize(images)
+
     def _train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
         generator = epoch_generator(self.seed, epoch)
-        count, device = len(self.labels), self.images.device
         # Draw the whole epoch's randomness up front on the CPU: identical on every device,
         # and four small copies per epoch instead of per-batch host-device traffic.
-        order = torch.randperm(count, generator=generator).to(device)
-        if self.pad is not None:
-            top = torch.randint(0, 2 * self.pad + 1, (count,), generator=generator).to(device)
-            left = torch.randint(0, 2 * self.pad + 1, (count,), generator=generator).to(device)
-            flip = (torch.rand(count, generator=generator) < 0.5).to(device)
+        order = torch.randperm(len(self.labels), generator=generator).to(self.images.device)
+        crops, extras = self._epoch_plan(generator, order)
         share = self._share
         for step in range(len(self)):
             begin = step * self.batch_size + self.rank * share
             window = slice(begin, begin + share)
             index = order[window]
-            images = self.images[index]
-            if self.pad is not None:
-                images = crop_flip(images, self.pad, top[window], left[window], flip[window])
-            if self.indexed:
-                yield self.normalize(images), self.labels[index], index
-            else:
-                yield self.normalize(images), self.labels[index]
+            images = self.augmented(index, None if crops is None else tuple(part[window] for part in crops))
+            yield images, self.labels[index], *extras(index, window)
+
+    def _epoch_plan(self, generator: torch.Generator, order: torch.Tensor) -> tuple[Crops | None, BatchExtras]:
+        """The epoch's crops and flips, one per position of ``order`` (drawn after the order), and what each
+        batch carries besides images and labels: its images' indices when the stream is ``indexed``."""
+        crops = None
+        if self.pad is not None:
+            device = self.images.device
+            crops = tuple(part.to(device) for part in draw_crop_flip(generator, len(order), self.pad))
+        return crops, (lambda index, window: (index,)) if self.indexed else (lambda index, window: ())

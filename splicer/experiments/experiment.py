@@ -38,6 +38,7 @@ from splicer.training.logging import read_metrics
 from splicer.training.methods import METHODS
 from splicer.training.methods.base import method_options
 from splicer.training.runs import RUNS_ROOT, RunDir, folder_contents, fresh_folder
+from splicer.training.soft_labels import check_soft_labels
 from splicer.training.stage1 import train_teacher
 from splicer.training.stage2 import block_shapes, distill, feature_report, method_for_pair, train_student
 
@@ -96,6 +97,7 @@ def check_methods(spec: Spec, methods: list[str]) -> list[str]:
         raise SplicerError("splicer run needs at least one method and one seed")
     for method in methods:
         method_options(method, spec.distill)
+        check_soft_labels(spec, method)
     return methods
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -130,6 +130,9 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             continue
         value = err.get("input")
         message = err["msg"].removeprefix("Value error, ")
+        if not loc:  # a check across sections: its message names the fields, and the input is the whole spec
+            lines.append(f"{source}: {message}")
+            continue
         lines.append(f"{source}: {field}: {message} (got {value!r})")
     unique = list(dict.fromkeys(lines))
     return "\n".join(unique)
@@ -141,8 +144,12 @@ def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
         field = model.model_fields.get(part)
         if field is None:
             return None
-        annotation = field.annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        models = [a for a in (field.annotation, *get_args(field.annotation)) if _is_model(a)]  # X | None: X
+        if not models:
             return None
-        model = annotation
+        model = models[0]
     return model
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)

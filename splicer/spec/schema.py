@@ -259,6 +259,31 @@ class FinetuneSpec(_Strict):
         return train.model_copy(update={"epochs": epochs, "lr": lr, "milestones": self.milestones, "gamma": self.gamma})
 
 
+class SoftLabelsSpec(_Strict):
+    """Stage 2 from soft labels computed once (Fast Knowledge Distillation, Shen and Xing, ECCV 2022):
+    the teacher's logits on a fixed set of augmented views per training image, stored in the run folder,
+    replace the teacher's forward pass while the student trains (logit methods only: kd, dkd, dist)."""
+
+    views: int = Field(
+        10,
+        ge=1,
+        description="Augmented views (crop and flip) stored per training image; each epoch trains each image on "
+        "one of them, drawn anew. The teacher runs views x training images once, instead of once per epoch.",
+    )
+    keep: Literal["full"] | int = Field(
+        "full",
+        description="full: every class's logit (float32); an integer k: the k largest logits and their classes, "
+        "the other classes sharing what remains of the teacher's probability at the method's temperature equally.",
+    )
+
+    @field_validator("keep", mode="before")
+    @classmethod
+    def _full_or_count(cls, value: Any) -> Any:
+        if value == "full" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError("keep is full (every logit) or a positive number of top logits, e.g. 10")
+
+
 class DistillSpec(_Strict):
     """Stage 2: how a fresh student learns from the frozen teacher."""
 
@@ -275,6 +300,28 @@ class DistillSpec(_Strict):
     options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Per-method settings, e.g. {crd: {embed_dim: 128}}; each method validates its own fields.",
+    )
+    soft_labels: SoftLabelsSpec | None = Field(
+        None,
+        description="Train from the teacher's logits computed once on stored augmented views (kd, dkd, dist; "
+        "in-memory data), without a teacher forward pass per step; null: the teacher runs at every step.",
+    )
+    teacher_fold_bn: bool = Field(
+        True,
+        description="Fold the frozen teacher's BatchNorms into the convolutions before them (same outputs, "
+        "checked at start against the unfolded teacher); false: run the teacher as trained.",
+    )
+    teacher_channels_last: Literal["auto", True, False] = Field(
+        "auto",
+        description="Run the frozen teacher channels-last. auto: on (faster on CUDA and, measured, on the CPU).",
+    )
+    teacher_precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="The frozen teacher's numerics (its outputs reach the loss as float32). "
+        "auto: bf16 autocast on CUDA GPUs that support it, fp32 elsewhere (bf16 is far slower on the CPU).",
+    )
+    teacher_compile: bool = Field(
+        False, description="torch.compile the frozen teacher for inference (its own graphs, apart from train.compile)."
     )
 
 
@@ -337,6 +384,23 @@ class Spec(_Strict):
                     f"{role}: pretrained and head are teacher settings (stage 1 starts from the teacher you have); "
                     f"a {role} starts fresh or from a local state_dict in {role}.checkpoint"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _soft_labels_fit(self) -> Spec:
+        soft = self.distill.soft_labels
+        if soft is None:
+            return self
+        if soft.keep != "full" and soft.keep >= self.num_classes:
+            raise ValueError(
+                f"distill.soft_labels.keep: {soft.keep} top logits of {self.num_classes} classes keep them all; "
+                f"use keep: full, or fewer than {self.num_classes}"
+            )
+        if soft.views > 1 and not self.data.augment:
+            raise ValueError(
+                f"distill.soft_labels.views: {soft.views} views of unaugmented images (data.augment: false) are all "
+                "the same image; use views: 1, or data.augment: true"
+            )
         return self
 
     @field_validator("input_size")

@@ -93,13 +93,19 @@ class RunLogger:
     @contextmanager
     def epoch_progress(self, epoch: int, epochs: int, steps: int) -> Iterator[EpochProgress]:
         """A transient progress bar (loss, accuracy, img/s, ETA) over one epoch's steps."""
+        with self.progress(f"{self.title} epoch {epoch}/{epochs}", steps) as progress:
+            yield progress
+
+    @contextmanager
+    def progress(self, label: str, steps: int) -> Iterator[EpochProgress]:
+        """A transient progress bar (numbers, ETA) over ``steps`` steps of any long work, led by ``label``."""
         if self.quiet or not self.console.is_terminal:  # a bar redrawn in a log file is noise
             yield EpochProgress(None, None)
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         progress = Progress(
-            TextColumn(f"{self.title} epoch {epoch}/{epochs}"),
+            TextColumn(label),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"),

@@ -71,9 +71,21 @@ class RunDir:
         return sum(json.loads(path.read_text())["wall_seconds"] for path in summaries)
 
     @property
+    def soft_labels(self) -> Path:
+        """The teacher's logits computed once on stored views (``distill.soft_labels``), with its manifest."""
+        return self.path / "soft_labels"
+
+    def saved(self) -> list[Path]:
+        """What a resume continues from, oldest first: the checkpoints and a soft-label store's manifest."""
+        manifest = self.soft_labels / "manifest.json"
+        found = [*self.checkpoints(), *([manifest] if manifest.is_file() else [])]
+        return sorted(found, key=lambda p: p.stat().st_mtime)
+
+    @property
     def started(self) -> bool:
-        """Whether any training of this run (a phase or the main run) has written a checkpoint."""
-        return bool(self.checkpoints())
+        """Whether this run has written anything a resume continues: a checkpoint (of a phase or the main
+        run) or soft labels being computed."""
+        return bool(self.saved())
 
 
 def open_run(spec_name: str, stage: str, out: Path | None, resume: bool) -> RunDir:
@@ -92,13 +104,14 @@ def open_run(spec_name: str, stage: str, out: Path | None, resume: bool) -> RunD
     if resume and not run.started:
         raise SplicerError(f"--resume: {run.path} has no last.pt to resume from; drop --resume to start a new run")
     if not resume and run.started:
+        held = "last.pt" if run.checkpoints() else "soft labels being computed"
         raise SplicerError(
-            f"{run.path} already holds a run (last.pt); pass --resume to continue it, or choose another --out"
+            f"{run.path} already holds a run ({held}); pass --resume to continue it, or choose another --out"
         )
     return run
 
 
-RUN_FILES = ("last.pt", "summary.json", "metrics.jsonl", "spec.yaml", "phases", "anchors", "error.txt")
+RUN_FILES = ("last.pt", "summary.json", "metrics.jsonl", "spec.yaml", "phases", "anchors", "soft_labels", "error.txt")
 """What a training run folder holds (``error.txt``: a failed run of an experiment, retried by ``--resume``)."""
 
 
@@ -172,4 +185,4 @@ def _latest(spec_name: str, stage: str) -> RunDir:
         raise SplicerError(
             f"--resume: no {stage} run with a last.pt under {parent}; pass --out RUN to name the run to resume"
         )
-    return RunDir(max(candidates, key=lambda p: RunDir(p).checkpoints()[-1].stat().st_mtime))
+    return RunDir(max(candidates, key=lambda p: RunDir(p).saved()[-1].stat().st_mtime))

@@ -30,11 +30,15 @@ FREE = frozenset(
         "student.checkpoint",
         "branch_student.checkpoint",
         "distill.methods",
+        "distill.teacher_fold_bn",
+        "distill.teacher_channels_last",
+        "distill.teacher_precision",
+        "distill.teacher_compile",
     }
 )
 """Where the data and initial weights lie (teacher.head only decides how they load), how long the run
-trains, on what hardware and where its metrics are sent: none changes the objective an epoch follows
-(initial weights only matter before the first epoch)."""
+trains, on what hardware and numerics (the frozen teacher's too) and where its metrics are sent: none
+changes the objective an epoch follows (initial weights only matter before the first epoch)."""
 
 COMMON = ("num_classes", "input_size", "data", "train")
 TRAINED = {

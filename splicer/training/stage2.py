@@ -3,8 +3,10 @@ the methods of :mod:`splicer.training.methods`; and the student trained alone, t
 "w/o KD" baseline.
 
 The teacher loses its student branches, is frozen and stays in eval mode; its forward
-pass runs under ``no_grad``. Students of the same seed start from the same weights
-whichever teacher (or none) they learn from.
+pass runs under ``no_grad``, as an inference network (BatchNorm folded, its own precision
+and memory format: :mod:`splicer.training.frozen_teacher`) checked against the teacher as
+trained. Students of the same seed start from the same weights whichever teacher (or none)
+they learn from.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import Tensor
 from splicer.assembly.build import build_student
 from splicer.assembly.modules import BlockNet
 from splicer.assembly.tapped import TappedBlockNet
-from splicer.data import build_data
+from splicer.data import DataBundle, build_data
 from splicer.errors import SplicerError
 from splicer.spec import Spec
 from splicer.synthesis.layouts import describe_as_map, describe_as_vector
@@ -32,10 +34,12 @@ from splicer.training.checkpoint import (
 )
 from splicer.training.distributed import Distributed
 from splicer.training.engine import LossFn, Runtime, Stage, fit, seed_everything
+from splicer.training.frozen_teacher import inference_teacher
 from splicer.training.methods import METHODS, DistillMethod, create_method
 from splicer.training.methods.base import FeatureForm, adapt_features, block_features, block_layouts, method_options
 from splicer.training.phases import train_phases
 from splicer.training.runs import RunDir, open_run
+from splicer.training.soft_labels import check_soft_labels, open_soft_labels, soft_label_loss
 from splicer.training.stage1 import cross_entropy_loss
 
 
@@ -78,6 +82,13 @@ def distill(
         _check_resumed_teacher(run, teacher_path, digest)
     for network in (student, teacher_net, loss_method):
         runtime.place(network)
+    features = feature_report(loss_method, teacher_net, student, spec)
+    data = build_data(
+        spec.data, spec.input_size, spec.num_classes, spec.train.batch_size, runtime.device, spec.train.seed
+    )
+    data.train.indexed = loss_method.needs_indices
+    first = first_images(data, runtime.device)
+    teacher_net, teacher_facts = inference_teacher(teacher_net, spec.distill, loss_method, first, runtime)
     own_loss = loss_method.objective(student, teacher_net)
     stage = Stage(
         kind="distill",
@@ -93,18 +104,31 @@ def distill(
             "teacher": str(teacher_path),
             "teacher_digest": digest,
             "teacher_kind": kind,
-            "features": feature_report(loss_method, teacher_net, student, spec),
+            "features": features,
+            "teacher_inference": teacher_facts,
         },
         epoch_hooks=[loss_method.set_epoch],
+        notes=[teacher_facts["line"]],
     )
-    data = build_data(
-        spec.data, spec.input_size, spec.num_classes, spec.train.batch_size, runtime.device, spec.train.seed
-    )
-    data.train.indexed = loss_method.needs_indices
     loss_method.bind_data(data)
+    if spec.distill.soft_labels is not None:  # the teacher's logits computed once, read instead of a forward pass
+        labels = open_soft_labels(spec, method, run, teacher_net, digest, data, runtime, dist, stage.title, quiet)
+        data.train = labels.batches(data.train)
+        stage.loss = soft_label_loss(student, loss_method, labels)
+        stage.meta["soft_labels"] = labels.facts
+        stage.notes.append(labels.note())
     title, meta = stage.title, stage.meta
     train_phases(loss_method, student, teacher_net, spec, run, data, runtime, dist, resume, quiet, title, meta)
     return fit(stage, spec, run, data, runtime, dist, resume and run.last.is_file(), quiet)
+
+
+def first_images(data: DataBundle, device: torch.device) -> Tensor:
+    """The first training batch's images, drawn without moving the stream's epoch or any random state."""
+    epoch = data.train.epoch
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        images = next(iter(data.train))[0]
+    data.train.set_epoch(epoch)
+    return images
 
 
 def check_distill(
@@ -123,6 +147,7 @@ def check_distill(
             )
         create_method(method, spec.distill, [], [])  # raises the registry's message with suggestions
     method_options(method, spec.distill)
+    check_soft_labels(spec, method)
     teacher_path = resolve_checkpoint(teacher, "last")
     checkpoint = load_checkpoint(teacher_path)
     kind = checkpoint["kind"]
@@ -227,6 +252,8 @@ def _check_same_teacher(spec: Spec, checkpoint: dict[str, Any], path: Path) -> N
 def _check_resumed_teacher(run: RunDir, teacher_path: Path, digest: str) -> None:
     """A resumed run must keep its teacher's weights; they are compared by digest, so the teacher may have
     moved with its experiment (runs written before the digest existed are compared by path)."""
+    if not run.checkpoints():  # only soft labels computed so far: their manifest names the teacher's digest
+        return
     meta = load_checkpoint(run.checkpoints()[-1])["meta"]
     previous = Path(meta["teacher"])
     if "teacher_digest" in meta:

@@ -205,6 +205,13 @@ class DistillMethod(nn.Module):
         self.dist = Distributed.from_env()  # the processes a batch is split over (torchrun), read once
         self.build(teacher_shapes, student_shapes)
 
+    @classmethod
+    def soft_label_temperature(cls, spec: DistillSpec, options: MethodOptions) -> float | None:
+        """For a method that reads nothing of the teacher but its logits, the softmax temperature it reads them
+        at: it can learn from soft labels computed once (``distill.soft_labels``, :mod:`splicer.training.soft_labels`).
+        None (the default): the method needs the teacher at every step."""
+        return None
+
     def build(self, teacher_shapes: list[Shape], student_shapes: list[Shape]) -> None:
         """Create the method's modules and state from the block shapes; nothing by default.
 

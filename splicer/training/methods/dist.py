@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
+from splicer.spec.schema import DistillSpec
 from splicer.training.methods.base import DistillMethod, MethodOptions, batch_relation_inputs, register_method
 
 COSINE_EPS = 1e-8
@@ -61,6 +62,10 @@ class DIST(DistillMethod):
     """CE + tau^2 * (beta * inter-class + gamma * intra-class relation loss); a logit method."""
 
     Options = DISTOptions
+
+    @classmethod
+    def soft_label_temperature(cls, spec: DistillSpec, options: DISTOptions) -> float:
+        return options.tau
 
     def forward(
         self,

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
+from splicer.spec.schema import DistillSpec
 from splicer.training.methods.base import DistillMethod, MethodOptions, register_method
 
 
@@ -77,6 +78,10 @@ class DKD(DistillMethod):
     """CE + DKD; the DKD term is scaled by min(epoch / warmup_epochs, 1), epochs counted from 1 as mdistiller."""
 
     Options = DKDOptions
+
+    @classmethod
+    def soft_label_temperature(cls, spec: DistillSpec, options: DKDOptions) -> float:
+        return options.temperature
 
     def warmup(self) -> float:
         return min((self.epoch + 1) / self.options.warmup_epochs, 1.0)

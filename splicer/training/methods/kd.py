@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from splicer.training.methods.base import DistillMethod, register_method
+from splicer.spec.schema import DistillSpec
+from splicer.training.methods.base import DistillMethod, MethodOptions, register_method
 
 
 @register_method("kd")
 class KD(DistillMethod):
     """CE + KD on the logits only; the base class computes both terms."""
+
+    @classmethod
+    def soft_label_temperature(cls, spec: DistillSpec, options: MethodOptions) -> float:
+        return spec.kd_tau
