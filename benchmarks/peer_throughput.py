@@ -27,7 +27,7 @@ splicer variants run when the installed splicer's spec schema has their options,
 the reason printed otherwise: "live teacher unfolded" (``distill.teacher_fold_bn=false`` where that
 exists, else splicer as it is), "folded teacher" (``distill.teacher_fold_bn=true``), "stored soft labels"
 (``distill.soft_labels.views=K``: its training epoch is timed alone; the precompute's cost, per view and
-image, is read from the run's ``summary.json`` ``soft_labels`` entry).
+image, is read from the run's ``summary.json`` ``meta.soft_labels``: teacher passes and seconds).
 
     python benchmarks/peer_throughput.py                     # 5,000 images, 5 rounds
     python benchmarks/peer_throughput.py --quick             # 640 images, 1 round: a smoke test
@@ -461,10 +461,14 @@ def epoch_speed(tool: Tool, run: Path, output: str, args: argparse.Namespace) ->
     if tool.variant is not None:
         record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
         found: dict[str, Any] = {"img_per_s": record["img_per_s"], "step_seconds": record["step_seconds"]}
-        summary = json.loads((run / "summary.json").read_text())
-        soft = summary.get("soft_labels")
         if tool.variant.name.endswith("stored soft labels"):
-            found["precompute"] = soft
+            soft = json.loads((run / "summary.json").read_text())["meta"]["soft_labels"]
+            found["precompute"] = {
+                "seconds": soft["precompute_seconds"],
+                "teacher_images": soft["teacher_images"],
+                "views": soft["views"],
+                "ms_per_view_and_image": 1000 * soft["precompute_seconds"] / soft["teacher_images"],
+            }
         return found
     if tool.name == "RepDistiller":
         match = re.search(r"epoch 1, total time ([0-9.]+)", output)
@@ -597,7 +601,12 @@ def render(table: dict[str, Any], measured: dict[str, Any], skipped: dict[str, s
         "teacher's forward and the student's step are inside every figure.",
     ]
     for name, per_round in table["soft_label_precompute"].items():
-        lines += ["", f"{name}, soft-label precompute per round (summary.json `soft_labels`): {per_round}"]
+        shown = [f"{r['ms_per_view_and_image']:.1f} ms" if r else "failed" for r in per_round]
+        lines += [
+            "",
+            f"{name}: the soft-label precompute (outside the training epoch; `summary.json` `meta.soft_labels`), "
+            f"per view and image, per round: {', '.join(shown)}.",
+        ]
     if skipped:
         lines += ["", "Skipped:", "", *(f"- {name}: {reason}" for name, reason in skipped.items())]
     if measured["errors"]:
