@@ -30,11 +30,11 @@ CHANCE = 10.0
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def small_spec(epochs: int = 4):
+def small_spec(epochs: int = 4, lr: float = 0.05):
     return spec_from_dict(
         toy_spec(
             data={"dataset": "synthetic", "synthetic_train": 512, "synthetic_test": 256},
-            train={"epochs": epochs, "batch_size": 32, "lr": 0.05, "milestones": [3], "device": "cpu"},
+            train={"epochs": epochs, "batch_size": 32, "lr": lr, "milestones": [3], "device": "cpu"},
         )
     )
 
@@ -147,7 +147,9 @@ def test_rco_follows_the_anchors_in_order_and_learns(anchored: Path, tmp_path: P
         return original(path, spec)
 
     monkeypatch.setattr(rco, "load_anchor", spy)
-    summary = train_baseline("rco", small_spec(), tmp_path / "rco", quiet=True, teacher=anchored)
+    # lr 0.01: KD at tau 4 (x16) from the toy's half-trained first anchor, then the jump to the next
+    # anchor, throws a student at lr 0.05 back to chance on some library versions (measured: 10.2%).
+    summary = train_baseline("rco", small_spec(lr=0.01), tmp_path / "rco", quiet=True, teacher=anchored)
     assert loaded == ["epoch-0002.pt", "epoch-0004.pt"]
     assert [(s["first_epoch"], s["last_epoch"], s["anchor_epoch"]) for s in summary["route"]] == [(1, 2, 2), (3, 4, 4)]
     history = [json.loads(line) for line in (tmp_path / "rco" / "metrics.jsonl").read_text().splitlines()]

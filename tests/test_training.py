@@ -87,6 +87,9 @@ def test_students_distil_from_each_teacher(experiment: Path, method: str, teache
     meta = summary(run)["meta"]
     features = meta.pop("features")  # how the method read the block ends: none for KD
     assert (features is None) == (method == "kd")
+    inference = meta.pop("teacher_inference")  # the frozen teacher as stage 2 ran it, checked against the trained one
+    assert inference["batchnorms_folded"] > 0 and inference["batchnorms_left"] == []
+    assert max(inference["max_abs_diff"].values()) < 1e-3
     assert meta == {
         "method": method,
         "teacher": str(teacher_file),
