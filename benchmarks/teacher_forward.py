@@ -1,0 +1,82 @@
+"""The frozen teacher's forward pass on the CPU (issue 27): resnet32x4 of specs/resnet32x4_resnet8x4.yaml, batch 64,
+one thread, no_grad; teacher as trained vs BatchNorm folded, contiguous vs channels-last, and folded channels-last
+under torch.compile. Configurations run in turn each round and the best per configuration is kept, so that a shared
+machine's load falls on all of them alike.
+
+    python benchmarks/teacher_forward.py [--rounds 6]
+
+Prints a table and stores results/teacher_forward.{md,json}."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import splicer
+from splicer.spec import load_spec
+from splicer.trace.fold_batchnorm import fold_batchnorm
+
+REPO = Path(__file__).resolve().parent.parent
+BATCH = 64
+
+
+def configurations() -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
+    """Name -> (teacher, input) for each way of running the frozen teacher."""
+    spec = load_spec(REPO / "specs" / "resnet32x4_resnet8x4.yaml")
+    teacher = splicer.compile_spec(spec).sftn.teacher.eval().requires_grad_(False)
+    folded = copy.deepcopy(teacher)
+    for block in folded.blocks:
+        fold_batchnorm(block)
+    images = torch.randn(BATCH, *spec.input_size)
+    last = images.contiguous(memory_format=torch.channels_last)
+    runs = {}
+    for name, net in (("as trained", teacher), ("BatchNorm folded", folded)):
+        runs[f"{name}, contiguous"] = (copy.deepcopy(net), images)
+        runs[f"{name}, channels-last"] = (copy.deepcopy(net).to(memory_format=torch.channels_last), last)
+    runs["BatchNorm folded, channels-last, torch.compile"] = (
+        torch.compile(copy.deepcopy(folded).to(memory_format=torch.channels_last)),
+        last,
+    )
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    runs = configurations()
+    best = dict.fromkeys(runs, float("inf"))
+    with torch.no_grad():
+        for net, images in runs.values():  # warm-up (and compilation) outside the timing
+            net(images)
+        for _ in range(args.rounds):
+            for name, (net, images) in runs.items():
+                start = time.perf_counter()
+                net(images)
+                best[name] = min(best[name], time.perf_counter() - start)
+    base = best["as trained, contiguous"]
+    rows = [(name, seconds * 1000 / BATCH, seconds / base) for name, seconds in best.items()]
+    lines = [
+        "# The frozen teacher's forward pass on the CPU (resnet32x4, batch 64, one thread)",
+        "",
+        f"`python benchmarks/teacher_forward.py --rounds {args.rounds}`; best of {args.rounds} interleaved rounds.",
+        "",
+        "| Teacher | ms per image | vs as trained, contiguous |",
+        "|:--|--:|--:|",
+        *(f"| {name} | {ms:.1f} | {ratio:.2f}x |" for name, ms, ratio in rows),
+    ]
+    print("\n".join(lines))
+    out = REPO / "benchmarks" / "results"
+    (out / "teacher_forward.md").write_text("\n".join(lines) + "\n")
+    records = [{"teacher": name, "ms_per_image": ms, "ratio": ratio} for name, ms, ratio in rows]
+    (out / "teacher_forward.json").write_text(json.dumps({"rounds": args.rounds, "rows": records}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
