@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +21,9 @@ import torch
 import splicer
 from splicer.spec import load_spec
 from splicer.trace.fold_batchnorm import fold_batchnorm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 64
@@ -50,6 +54,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    meta = provenance(None, threads=1)
     runs = configurations()
     best = dict.fromkeys(runs, float("inf"))
     with torch.no_grad():
@@ -65,7 +70,9 @@ def main() -> None:
     lines = [
         "# The frozen teacher's forward pass on the CPU (resnet32x4, batch 64, one thread)",
         "",
-        f"`python benchmarks/teacher_forward.py --rounds {args.rounds}`; best of {args.rounds} interleaved rounds.",
+        f"Best of {args.rounds} interleaved rounds.",
+        "",
+        *(f"- {key}: {value}" for key, value in meta.items()),
         "",
         "| Teacher | ms per image | vs as trained, contiguous |",
         "|:--|--:|--:|",
@@ -75,7 +82,7 @@ def main() -> None:
     out = REPO / "benchmarks" / "results"
     (out / "teacher_forward.md").write_text("\n".join(lines) + "\n")
     records = [{"teacher": name, "ms_per_image": ms, "ratio": ratio} for name, ms, ratio in rows]
-    (out / "teacher_forward.json").write_text(json.dumps({"rounds": args.rounds, "rows": records}, indent=2) + "\n")
+    (out / "teacher_forward.json").write_text(json.dumps({"meta": meta, "rounds": args.rounds, "rows": records}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
