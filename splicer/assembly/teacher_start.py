@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from splicer.errors import ModelSourceError, SpecError
+from splicer.models.weights_fit import WeightsFit, shape_text
 
 if TYPE_CHECKING:
     from splicer.assembly.build import NetworkPlan
@@ -43,9 +44,8 @@ def load_teacher_start(spec: Spec, plan: NetworkPlan, teacher: BlockNet) -> list
     expected = plan.model.state_dict()
     used = {_original_key(key) for key in teacher.state_dict()}
     wanted = set(expected) if expect_all else used  # a splicer checkpoint holds only what the cut network uses
-    missing = sorted(wanted - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    fit = WeightsFit.compare(state, expected, wanted)
+    missing, unexpected, mismatched = sorted(fit.missing), sorted(fit.unexpected), sorted(fit.mismatched)
     class_count = all(_class_count_only(k, head, state, expected, spec.num_classes) for k in mismatched)
     if missing or unexpected or not class_count:
         problems = _describe(missing, unexpected, mismatched, state, expected)
@@ -180,11 +180,7 @@ def _class_count_only(
 
 
 def _shapes(keys: list[str], state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str:
-    return ", ".join(f"{k} {_shape(state[k])} -> {_shape(expected[k])}" for k in keys)
-
-
-def _shape(tensor: torch.Tensor) -> str:
-    return "x".join(map(str, tensor.shape)) or "scalar"
+    return ", ".join(f"{k} {shape_text(state[k])} -> {shape_text(expected[k])}" for k in keys)
 
 
 def _describe(

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from splicer.errors import SplicerError
+from splicer.models.weights_fit import WeightsFit, shape_text
 
 REQUIRED = ("kind", "model", "spec")
 """Entries every checkpoint splicer writes has (``splicer train``, ``distill``, ``run``)."""
@@ -63,22 +64,22 @@ def check_fits(network: torch.nn.Module, weights: dict[str, torch.Tensor], check
     the settings that differ between the checkpoint's spec and this one, how many tensors do not fit and
     the first of them, shape against shape."""
     own = network.state_dict()
-    wrong = [
-        f"{name} is {_shape(weights[name])} in the checkpoint, {_shape(tensor)} here"
-        for name, tensor in own.items()
-        if name in weights and tuple(weights[name].shape) != tuple(tensor.shape)
-    ]
-    missing = [name for name in own if name not in weights]
-    extra = [name for name in weights if name not in own]
-    if not (wrong or missing or extra):
+    fit = WeightsFit.compare(weights, own)
+    if fit.fits:
         return
+    wrong = [
+        f"{name} is {shape_text(weights[name])} in the checkpoint, {shape_text(own[name])} here"
+        for name in fit.mismatched
+    ]
     problems = []
     if wrong:
         problems.append(f"{len(wrong)} of {len(own)} tensors differ in shape ({'; '.join(wrong[:SHOWN])})")
-    if missing:
-        problems.append(f"{len(missing)} tensors are missing from it (e.g. {', '.join(missing[:SHOWN])})")
-    if extra:
-        problems.append(f"{len(extra)} tensors are not in this network (e.g. {', '.join(extra[:SHOWN])})")
+    if fit.missing:
+        problems.append(f"{len(fit.missing)} tensors are missing from it (e.g. {', '.join(fit.missing[:SHOWN])})")
+    if fit.unexpected:
+        problems.append(
+            f"{len(fit.unexpected)} tensors are not in this network (e.g. {', '.join(fit.unexpected[:SHOWN])})"
+        )
     differ = settings_differ(checkpoint.get("spec", {}), spec, role)
     settings = f"Settings that differ: {differ}. " if differ else ""
     model = getattr(spec, role).model
@@ -106,9 +107,6 @@ def settings_differ(trained: dict[str, Any], spec: Any, role: str) -> str:
 def _text(value: Any) -> str:
     return "(unset)" if value is None else "x".join(map(str, value)) if isinstance(value, list) else str(value)
 
-
-def _shape(tensor: torch.Tensor) -> str:
-    return "x".join(map(str, tensor.shape)) or "a scalar"
 
 
 def check_same_task(teacher: dict[str, Any], teacher_path: Path, run: dict[str, Any], run_path: Path) -> None:
