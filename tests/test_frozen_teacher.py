@@ -6,6 +6,7 @@ records the check in its run's meta."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -204,8 +205,16 @@ def test_bf16_teacher_hands_float32_to_the_loss():
     assert all(t.dtype == torch.float32 for t in [*features, logits])
 
 
+def test_compiled_teacher_gives_the_eager_teachers_outputs():
+    prepared, facts = toy_check(teacher_compile=True)
+    assert facts["compile"] and facts["max_abs_diff"]["block_outputs"] < 1e-5 and facts["max_abs_diff"]["logits"] < 1e-5
+    images = torch.randn(3, 3, 16, 16)
+    eager = InferenceTeacher(prepared, replace(prepared.numerics, compile=False), step_channels_last=False)
+    torch.testing.assert_close(prepared(images), eager(images), rtol=0, atol=1e-5)
+
+
 def test_a_teacher_that_cannot_compile_is_the_settings_error(monkeypatch: pytest.MonkeyPatch):
-    def failing_compile(code: object) -> object:
+    def failing_compile(code: object, **settings: object) -> object:
         def run(x: torch.Tensor) -> None:
             raise RuntimeError("no C++ compiler found\nlong traceback")
 

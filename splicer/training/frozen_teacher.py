@@ -121,8 +121,8 @@ class InferenceTeacher(TappedBlockNet):
         """The plain network's ``entry`` (compiled once with ``teacher_compile``) with this teacher's numerics."""
         code = getattr(TappedBlockNet, entry).__get__(self)
         if self.numerics.compile:
-            if entry not in self._compiled:
-                self._compiled[entry] = torch.compile(code)
+            if entry not in self._compiled:  # frozen weights: inductor may fold them in as constants
+                self._compiled[entry] = torch.compile(code, options={"freezing": True})
             code = self._compiled[entry]
         if x.dim() == 4:
             layout = torch.channels_last if self.numerics.channels_last else torch.contiguous_format
