@@ -1,9 +1,11 @@
 """The frozen teacher's forward pass on the CPU (issue 27): resnet32x4 of specs/resnet32x4_resnet8x4.yaml, batch 64,
 one thread, no_grad; teacher as trained vs BatchNorm folded, contiguous vs channels-last, and folded channels-last
-under torch.compile. Configurations run in turn each round and the best per configuration is kept, so that a shared
-machine's load falls on all of them alike.
+under torch.compile (inductor freezing, as ``distill.teacher_compile``). Configurations run in turn each round and the
+best per configuration is kept, so that a shared machine's load falls on all of them alike. Also measured: the
+BatchNorms' share of the forward as trained (torch.profiler, self CPU time) and, with ``--bf16``, the folded
+channels-last teacher under bf16 autocast, timed once (it is far slower on CPUs without native bf16).
 
-    python benchmarks/teacher_forward.py [--rounds 6]
+    python benchmarks/teacher_forward.py [--rounds 6] [--bf16]
 
 Prints a table and stores results/teacher_forward.{md,json}."""
 
@@ -43,7 +45,7 @@ def configurations() -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
         runs[f"{name}, contiguous"] = (copy.deepcopy(net), images)
         runs[f"{name}, channels-last"] = (copy.deepcopy(net).to(memory_format=torch.channels_last), last)
     runs["BatchNorm folded, channels-last, torch.compile"] = (
-        torch.compile(copy.deepcopy(folded).to(memory_format=torch.channels_last)),
+        torch.compile(copy.deepcopy(folded).to(memory_format=torch.channels_last), options={"freezing": True}),
         last,
     )
     return runs
@@ -52,9 +54,9 @@ def configurations() -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast once (minutes on a CPU without it)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    meta = provenance(None, threads=1)
     runs = configurations()
     best = dict.fromkeys(runs, float("inf"))
     with torch.no_grad():
@@ -65,6 +67,16 @@ def main() -> None:
                 start = time.perf_counter()
                 net(images)
                 best[name] = min(best[name], time.perf_counter() - start)
+        if args.bf16:
+            name = "BatchNorm folded, channels-last, bf16 autocast (timed once)"
+            net, images = runs["BatchNorm folded, channels-last"]
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                net(images[:2])  # warm-up on two images: a full batch takes minutes
+                start = time.perf_counter()
+                net(images)
+                best[name] = time.perf_counter() - start
+        shares = {layout: batchnorm_share(*runs[f"as trained, {layout}"]) for layout in ("contiguous", "channels-last")}
+    meta = provenance(None, threads=1)  # after the timing: its load average is the one the timing ran under
     base = best["as trained, contiguous"]
     rows = [(name, seconds * 1000 / BATCH, seconds / base) for name, seconds in best.items()]
     lines = [
@@ -77,12 +89,28 @@ def main() -> None:
         "| Teacher | ms per image | vs as trained, contiguous |",
         "|:--|--:|--:|",
         *(f"| {name} | {ms:.1f} | {ratio:.2f}x |" for name, ms, ratio in rows),
+        "",
+        "BatchNorm's share of the forward as trained (torch.profiler, self CPU time of the batch_norm operators "
+        "over all operators, one batch): " + ", ".join(f"{layout} {100 * share:.1f} %" for layout, share in shares.items()),
     ]
     print("\n".join(lines))
     out = REPO / "benchmarks" / "results"
     (out / "teacher_forward.md").write_text("\n".join(lines) + "\n")
     records = [{"teacher": name, "ms_per_image": ms, "ratio": ratio} for name, ms, ratio in rows]
-    (out / "teacher_forward.json").write_text(json.dumps({"meta": meta, "rounds": args.rounds, "rows": records}, indent=2) + "\n")
+    payload = {"meta": meta, "rounds": args.rounds, "rows": records, "batchnorm_share": shares}
+    (out / "teacher_forward.json").write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def batchnorm_share(net: torch.nn.Module, images: torch.Tensor) -> float:
+    """The batch_norm operators' self CPU time over all operators' in one forward of ``net``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        net(images)
+    events = prof.key_averages()
+    total = sum(event.self_cpu_time_total for event in events)
+    norm = sum(event.self_cpu_time_total for event in events if "batch_norm" in event.key)
+    return norm / total
 
 
 if __name__ == "__main__":
