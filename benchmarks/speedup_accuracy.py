@@ -131,7 +131,8 @@ def run_seed(seed: int, chosen: list[Variant], spec_for, folder: Path) -> dict[s
     for variant in chosen:
         out = early / variant.folder
         if not _reuse(out):
-            distill(spec_for(seed, (*variant.sets, *FIRST_STEPS)), teacher_folder, "kd", out, quiet=True)
+            resume = (out / "last.pt").is_file()
+            distill(spec_for(seed, (*variant.sets, *FIRST_STEPS)), teacher_folder, "kd", out, resume=resume, quiet=True)
     return {
         "teacher": teacher,
         "students": students,
