@@ -163,7 +163,7 @@ def run_variant(variant: Variant, spec_with, runs: Path) -> dict[str, Any]:
 
     stage2_spec = spec_with(schedule(variant.stage2_epochs))
     if variant.kind == "student":
-        student = _reuse(folder / "student") or train_student(
+        student = finished_summary(folder / "student") or train_student(
             stage2_spec, folder / "student", resume=(folder / "student" / "last.pt").is_file(), quiet=True
         )
         row = {
@@ -181,14 +181,14 @@ def run_variant(variant: Variant, spec_with, runs: Path) -> dict[str, Any]:
     overrides = list(source.stage1) + schedule(source.epochs)
     teacher_spec = spec_with(overrides)
     teacher_folder = runs / source.folder / "teacher"
-    teacher = _reuse(teacher_folder) or train_teacher(
+    teacher = finished_summary(teacher_folder) or train_teacher(
         teacher_spec,
         variant.kind == "standard",
         teacher_folder,
         resume=(teacher_folder / "last.pt").is_file(),
         quiet=True,
     )
-    student = _reuse(folder / "kd") or distill(
+    student = finished_summary(folder / "kd") or distill(
         stage2_spec, teacher_folder, "kd", folder / "kd", resume=(folder / "kd" / "last.pt").is_file(), quiet=True
     )
     row = {
@@ -209,7 +209,8 @@ def run_variant(variant: Variant, spec_with, runs: Path) -> dict[str, Any]:
     return row
 
 
-def _reuse(folder: Path) -> dict[str, Any] | None:
+def finished_summary(folder: Path) -> dict[str, Any] | None:
+    """The run summary of a finished run folder (its summary.json), or None: such runs are reused."""
     done = folder / "summary.json"
     return json.loads(done.read_text()) if done.is_file() else None
 
@@ -235,7 +236,7 @@ def write_table(
         if folder.startswith("standard-")
     }
     alone_text = "; ".join(
-        f"{epochs} epochs **{_stat([r['kd_student_top1'] for r in runs])}**" for epochs, runs in alone.items()
+        f"{epochs} epochs **{mean_sd([r['kd_student_top1'] for r in runs])}**" for epochs, runs in alone.items()
     )
     meta = provenance(argv, int(os.environ.get("OMP_NUM_THREADS", "0")) or 2)
     seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± standard deviation over seeds {args.seeds}"
@@ -260,12 +261,12 @@ def write_table(
         students = [r["kd_student_top1"] for r in runs]
         first = runs[0]
         reference = standard.get((first["stage1_epochs"], first["stage2_epochs"]))
-        versus = "" if reference is None or reference is runs else _stat(_minus(students, reference), signed=True)
+        versus = "" if reference is None or reference is runs else mean_sd(_minus(students, reference), signed=True)
         own_alone = alone.get(first["stage2_epochs"])
-        gain = "" if own_alone is None else _stat(_minus(students, own_alone), signed=True)
+        gain = "" if own_alone is None else mean_sd(_minus(students, own_alone), signed=True)
         lines.append(
             f"| {_cell(first['variant'])} | {first['stage1_epochs']} | {first['stage2_epochs']} "
-            f"| {_stat([r['teacher_top1'] for r in runs])} | {_stat(students)} | {versus} | {gain} |"
+            f"| {mean_sd([r['teacher_top1'] for r in runs])} | {mean_sd(students)} | {versus} | {gain} |"
         )
     lines.append("")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -281,7 +282,7 @@ def _minus(students: list[float], reference: list[dict[str, Any]]) -> list[float
     return [s - r["kd_student_top1"] for s, r in zip(students, reference)]
 
 
-def _stat(values: list[float], signed: bool = False) -> str:
+def mean_sd(values: list[float], signed: bool = False) -> str:
     """``m`` for one value, ``m ± sd`` for several; ``signed`` for differences."""
     mean = statistics.fmean(values)
     text = f"{mean:+.2f}" if signed else f"{mean:.2f}"

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from proof import REPO, RESULTS, SPECS, cifar10_root  # noqa: E402
 from provenance import provenance, repo_relative  # noqa: E402
+from sftn_ablation import finished_summary, mean_sd  # noqa: E402
 
 REFERENCE = "kd-as-trained"
 FIRST_STEPS = ("data.train_subset=1024", "train.epochs=1", "train.milestones=[1]")
@@ -116,21 +117,21 @@ def run_seed(seed: int, chosen: list[Variant], spec_for, folder: Path) -> dict[s
     from splicer.training.stage2 import distill
 
     teacher_folder = folder / "standard"
-    teacher = _reuse(teacher_folder) or train_teacher(
+    teacher = finished_summary(teacher_folder) or train_teacher(
         spec_for(seed), True, teacher_folder, resume=(teacher_folder / "last.pt").is_file(), quiet=True
     )
     print(f"seed {seed}: standard teacher {teacher['final']['top1']:.2f}", flush=True)
     students = {}
     for variant in chosen:
         out = folder / variant.folder
-        students[variant.folder] = _reuse(out) or distill(
+        students[variant.folder] = finished_summary(out) or distill(
             spec_for(seed, variant.sets), teacher_folder, "kd", out, resume=(out / "last.pt").is_file(), quiet=True
         )
         print(f"seed {seed}: {variant.folder} {students[variant.folder]['final']['top1']:.2f}", flush=True)
     early = folder / "first-steps"
     for variant in chosen:
         out = early / variant.folder
-        if not _reuse(out):
+        if not finished_summary(out):
             resume = (out / "last.pt").is_file()
             distill(spec_for(seed, (*variant.sets, *FIRST_STEPS)), teacher_folder, "kd", out, resume=resume, quiet=True)
     return {
@@ -169,11 +170,6 @@ def logit_distance(reference: Path, other: Path) -> dict[str, float]:
     return {"max_abs_logit_difference": worst, "same_prediction": same / total}
 
 
-def _reuse(folder: Path) -> dict[str, Any] | None:
-    done = folder / "summary.json"
-    return json.loads(done.read_text()) if done.is_file() else None
-
-
 def write_table(rows: dict[int, dict[str, Any]], chosen: list[Variant], spec, args, argv) -> None:
     """One line per variant: mean ± standard deviation over seeds; differences paired by seed."""
     seeds = list(rows)
@@ -185,7 +181,7 @@ def write_table(rows: dict[int, dict[str, Any]], chosen: list[Variant], spec, ar
         f"CPU proof configuration (`benchmarks/specs/proof_cpu.yaml`: {spec.teacher.model} -> {spec.student.model} "
         f"{spec.student.kwargs}, real CIFAR-10 at {spec.input_size[1]}x{spec.input_size[2]}, "
         f"{spec.train.epochs} epochs each stage), seeds {args.seeds}: per seed one standard teacher "
-        f"(test top-1 {_stat(teachers)}) and KD students (tau {spec.distill.kd_tau}) that differ only in how the "
+        f"(test top-1 {mean_sd(teachers)}) and KD students (tau {spec.distill.kd_tau}) that differ only in how the "
         "frozen teacher runs. Test top-1 (%), mean ± standard deviation over seeds; differences to the student "
         "of the teacher as trained are paired by seed. Logits: the largest |difference| between a student's "
         "test logits and the reference student's (same seed), over all test images and seeds, and the share "
@@ -214,7 +210,7 @@ def write_table(rows: dict[int, dict[str, Any]], chosen: list[Variant], spec, ar
         precompute = statistics.fmean(x["precompute_seconds"] for x in soft) if all(soft) else None
         reference = variant.folder == REFERENCE
         lines.append(
-            f"| {variant.label} | {_stat(top1)} | {'' if reference else _stat(minus, signed=True)} "
+            f"| {variant.label} | {mean_sd(top1)} | {'' if reference else mean_sd(minus, signed=True)} "
             f"| {'' if reference else f'{worst:.2e}'} | {'' if reference else f'{100 * same:.2f} %'} "
             f"| {'' if reference else f'{early:.2e}'} | {wall:.0f} | {'' if precompute is None else f'{precompute:.0f}'} |"
         )
@@ -236,13 +232,6 @@ def write_table(rows: dict[int, dict[str, Any]], chosen: list[Variant], spec, ar
     payload = {"meta": meta, "seeds": seeds, "teacher_top1": teachers, "variants": summary}
     (args.out / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     print("\n".join(lines))
-
-
-def _stat(values: list[float], signed: bool = False) -> str:
-    """``m`` for one value, ``m ± sd`` for several; ``signed`` for differences."""
-    mean = statistics.fmean(values)
-    text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
-    return text if len(values) == 1 else f"{text} ± {statistics.stdev(values):.2f}"
 
 
 if __name__ == "__main__":
