@@ -108,7 +108,6 @@ def _text(value: Any) -> str:
     return "(unset)" if value is None else "x".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-
 def check_same_task(teacher: dict[str, Any], teacher_path: Path, run: dict[str, Any], run_path: Path) -> None:
     """A teacher compared with a run (KL, CKA) must share its classes and input size."""
     ours, theirs = run["spec"], teacher["spec"]
