@@ -65,10 +65,12 @@ def test_proof_help_and_missing_data(tmp_path):
     assert "Traceback" not in missing.stderr
 
 
-def test_cuda_numerics_are_the_default_only_on_cuda_and_can_be_forced_on_cpu():
+def test_bf16_is_the_default_only_on_cuda_channels_last_on_both_and_either_can_be_forced():
     dist = Distributed.from_env()
     plain = Runtime.create("cpu", dist)
-    assert (plain.bf16, plain.channels_last) == (False, False)
+    assert (plain.bf16, plain.channels_last) == (False, True)
+    contiguous = Runtime.create("cpu", dist, memory_format="contiguous")
+    assert not contiguous.channels_last
     forced = Runtime.create("cpu", dist, precision="bf16", memory_format="channels_last")
     conv = forced.place(torch.nn.Conv2d(3, 4, 3))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.dtype == torch.float32
