@@ -13,9 +13,15 @@ the teachers' training and held-out accuracy per epoch (table, JSON and an SVG f
     python benchmarks/proof.py --config gpu --seeds 0 --fit-minutes 9   # both paper pairs, sized to 9 min
     python benchmarks/proof.py --config cpu-overfit-finetune --seeds 0,1,2 --methods kd,dkd,sskd,crd,fitnets
         # issue 26: standard / full SFTN / SFTN fine-tuned from the standard teacher (--sftn-from scratch,standard)
+    python benchmarks/proof.py --config cpu-overfit-finetune --seeds 1 --methods kd --tag seed1
+    python benchmarks/proof.py --config cpu-overfit-finetune \
+        --combine benchmarks/results/proof_cpu_overfit_finetune_seed0.json,...seed1.json
+        # seeds run apart (one per session or machine), then one table over all of them
 
 Finished runs are reused (the experiment folder is resumed), so an interrupted proof
-continues where it stopped and a finished one only re-writes its tables.
+continues where it stopped and a finished one only re-writes its tables. ``--combine`` trains
+nothing: it rebuilds the tables from stored results of single seeds (each keeps every run's
+score, time and similarity per seed, and the teachers' curves), as one run over all the seeds.
 """
 
 from __future__ import annotations
@@ -86,6 +92,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out", type=Path, default=RESULTS, help="folder for the result tables (default: benchmarks/results/)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--combine",
+        metavar="JSON,JSON",
+        help="train nothing: one table from the stored results (JSON) of proofs of the same configuration, "
+        "methods and schedule run apart on different seeds (each seed once); --seeds and --methods are "
+        "taken from them",
+    )
     return parser.parse_args(argv)
 
 
@@ -110,11 +123,13 @@ def cifar10_root(given: Path | None) -> Path:
     return Path(done.stdout.strip())
 
 
-def load_proof_spec(name: str, args: argparse.Namespace, root: Path):
+def load_proof_spec(name: str, args: argparse.Namespace, root: Path | None):
+    """The configuration's spec with the command's settings; ``root``: where the images are (None: as the
+    spec says, for --combine, which reads no image)."""
     from splicer.spec import load_spec
     from splicer.training.overrides import apply_overrides
 
-    overrides = [f"data.root={root}", *args.set]
+    overrides = [*([f"data.root={root}"] if root is not None else []), *args.set]
     if args.validation:
         overrides.append(f"data.val_split={VALIDATION_IMAGES}")
     spec = load_spec(SPECS / name)
@@ -130,13 +145,12 @@ def scaled_schedule(epochs: int, milestones: list[int], new_epochs: int) -> list
 
 
 def summaries(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Every run's summary.json, by run kind, one per seed."""
-    from splicer.training.runs import RunDir
-
+    """Every finished run's summary (as the report keeps it), by run kind, one per seed."""
     by_kind: dict[str, list[dict[str, Any]]] = {}
-    for runs in report["runs"].values():
-        for kind, folder in runs.items():
-            by_kind.setdefault(kind, []).append(json.loads(RunDir(Path(folder)).summary.read_text()))
+    for runs in report["seed_results"].values():
+        for kind, summary in runs.items():
+            if "error" not in summary:
+                by_kind.setdefault(kind, []).append(summary)
     return by_kind
 
 
@@ -297,7 +311,28 @@ def portable_report(report: dict[str, Any]) -> dict[str, Any]:
     runs = {
         seed: {kind: repo_relative(folder) for kind, folder in kinds.items()} for seed, kinds in report["runs"].items()
     }
-    return {**report, "folder": repo_relative(report["folder"]), "runs": runs}
+    seed_results = {
+        seed: {kind: {**summary, "run": repo_relative(summary["run"])} for kind, summary in kinds.items()}
+        for seed, kinds in report["seed_results"].items()
+    }
+    return {**report, "folder": repo_relative(report["folder"]), "runs": runs, "seed_results": seed_results}
+
+
+def combined_pair(spec, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One pair's report, curves and timing over the seeds of ``parts`` (stored proof results run apart)."""
+    from splicer.experiments.experiment import merge_reports
+
+    stored = [part["pairs"].get(spec.name) for part in parts]
+    if any(pair is None for pair in stored):
+        sys.exit(f"proof.py: --combine: a stored result has no {spec.name}; combine results of the same --config")
+    report = merge_reports(spec, [pair["report"] for pair in stored])
+    report["folder"] = ", ".join(pair["report"]["folder"] for pair in stored)
+    curves: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for pair in stored:
+        for kind, by_seed in pair["curves"].items():
+            curves.setdefault(kind, {}).update(by_seed)
+    pipeline = statistics.fmean(pair["timing"]["pipeline_img_per_s"] for pair in stored)
+    return {"report": report, "curves": curves, "pipeline": pipeline}
 
 
 def stored_seconds(results: dict[str, Any]) -> float:
@@ -319,12 +354,24 @@ def machine() -> str:
     return f"CPU only, {os.cpu_count()} cores ({platform.processor() or platform.machine()}), torch {torch.__version__}"
 
 
+def load_stored(path: Path) -> dict[str, Any]:
+    """A proof's stored results (JSON), for --combine; says which file when it cannot be read."""
+    try:
+        stored = json.loads(path.read_text())
+        return {**stored, "file": repo_relative(path)}
+    except (OSError, json.JSONDecodeError) as exc:
+        sys.exit(f"proof.py: --combine: cannot read {path}: {exc}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from splicer.errors import SplicerError
     from splicer.experiments.experiment import render_markdown, run_experiment
 
-    root = cifar10_root(args.data_root)
+    parts = [load_stored(Path(path)) for path in args.combine.split(",")] if args.combine else []
+    if parts and args.fit_minutes is not None:
+        sys.exit("proof.py: --combine trains nothing: give the --epochs and --set its parts ran with, not --fit-minutes")
+    root = None if parts else cifar10_root(args.data_root)
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     split = "val" if args.validation else "test"
@@ -342,6 +389,17 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {
         "command": command, "commit": commit, "machine": machine(), "split": split, "pairs": {}
     }
+    if any(part["split"] != split for part in parts):
+        sys.exit(f"proof.py: --combine: every part must be scored on the {split} split, as this command is "
+                 f"({'with' if args.validation else 'without'} --validation); got {', '.join(p['split'] for p in parts)}")
+    if parts:
+        results["parts"] = [{key: part[key] for key in ("file", "commit", "command", "machine")} for part in parts]
+        sections[4:4] = [
+            "Combined from proofs run apart (each trained its seeds; this command trained nothing):",
+            "",
+            *[f"- `{part['file']}`: `{part['command']}`, commit {part['commit']}, {part['machine']}" for part in parts],
+            "",
+        ]
     try:
         if args.fit_minutes is not None:
             if args.epochs is not None:
@@ -358,13 +416,17 @@ def main(argv: list[str] | None = None) -> None:
             results["fit"] = {"minutes": args.fit_minutes, "probe_seconds": probe_seconds, "epochs": args.epochs}
         for spec_file in CONFIGS[args.config]:
             spec = load_proof_spec(spec_file, args, root)
-            out = args.runs / spec.name / name
-            report = run_experiment(
-                spec, methods, seeds, out=out, resume=started(out), quiet=args.quiet, sftn_from=sftn_from(args)
-            )
-            lines, timing = timing_table(report, pipeline_rate(spec))
-            curves = teacher_curves(report)
-            report = portable_report(report)
+            if parts:
+                pair = combined_pair(spec, parts)
+                report, curves, pipeline = pair["report"], pair["curves"], pair["pipeline"]
+            else:
+                out = args.runs / spec.name / name
+                report = run_experiment(
+                    spec, methods, seeds, out=out, resume=started(out), quiet=args.quiet, sftn_from=sftn_from(args)
+                )
+                curves, pipeline = teacher_curves(report), pipeline_rate(spec)
+                report = portable_report(report)
+            lines, timing = timing_table(report, pipeline)
             body = render_markdown(report).replace("# ", "## ", 1)
             fit = [
                 f"### The teachers' fit: training vs {split} accuracy (%), mean over seeds",

@@ -20,6 +20,7 @@ from splicer.training import plots
 from splicer.experiments.experiment import (
     ERROR_FILE,
     build_report,
+    merge_reports,
     expand_methods,
     paired_delta,
     render_markdown,
@@ -120,13 +121,11 @@ def test_a_failing_method_is_reported_in_its_row_and_the_others_go_on(experiment
 def test_report_with_seeds_and_a_failure_in_one_seed_only(tmp_path: Path):
     """Built from summaries: a cell is scored only when every seed finished; the others are kept.
     A method's time counts its phases' (here AT from the standard teacher, seed 1: a 4 s phase)."""
-    phased = tmp_path / "at-from-standard"
-    (phased / "phases" / "init").mkdir(parents=True)
-    (phased / "phases" / "init" / "summary.json").write_text(json.dumps({"wall_seconds": 4.0}))
 
-    def done(top1: float, seconds: float = 10.0, run: Path = tmp_path / "plain") -> dict:
+    def done(top1: float, seconds: float = 10.0, phases: float = 0.0) -> dict:
         return {"final": {"top1": top1}, "wall_seconds": seconds, "step_seconds_median": seconds / 100,
-                "similarity": {"kl": 0.1, "cka": 0.9}, "run": str(run), "eval_split": "test"}  # fmt: skip
+                "similarity": {"kl": 0.1, "cka": 0.9}, "run": str(tmp_path / "plain"), "eval_split": "test",
+                "phases_wall_seconds": phases}  # fmt: skip
 
     results = {
         seed: {
@@ -135,7 +134,7 @@ def test_report_with_seeds_and_a_failure_in_one_seed_only(tmp_path: Path):
             "student": done(60.0),
             "kd-from-standard": done(65.0 + seed),
             "kd-from-sftn": done(66.0 + seed, 20.0),
-            "at-from-standard": done(64.0, run=phased if seed == 1 else tmp_path / "plain"),
+            "at-from-standard": done(64.0, phases=4.0 if seed == 1 else 0.0),
             "at-from-sftn": done(67.0) if seed == 0 else {"run": "r", "error": "diverged"},
         }
         for seed in (0, 1)
@@ -183,6 +182,40 @@ def test_similarity_is_stored_and_measured_again_only_for_a_changed_checkpoint(t
     assert measured == ["x"]  # kd from the SFTN only; kd from the standard teacher is reused
     stored = json.loads((tmp_path / "seed0" / "kd-from-sftn" / "similarity.json").read_text())
     assert set(stored["score"]) == {"kl", "cka"} and stored["key"]["teacher"].endswith("sftn/last.pt")
+
+
+def test_reports_of_single_seeds_merge_into_the_report_of_all_seeds(tmp_path: Path):
+    """Seeds run apart (one per machine or session) give, merged, the report the experiment gives over
+    the same runs at once: scores, paired differences, similarity, time. A seed split by methods repeats its
+    teachers, which must score the same; a distillation twice or a method missing a seed is refused."""
+    spec = spec_from_dict(tiny_spec())
+    apart = [run_experiment(spec, ["kd"], [seed], out=tmp_path / f"seed{seed}", quiet=True) for seed in (0, 1)]
+    for seed in (0, 1):
+        shutil.copytree(tmp_path / f"seed{seed}" / f"seed{seed}", tmp_path / "together" / f"seed{seed}")
+    together = run_experiment(spec, ["kd"], [0, 1], out=tmp_path / "together", resume=True, quiet=True)
+    merged = json.loads(json.dumps(merge_reports(spec, apart)))  # as read back from the stored JSON
+    for key in ("seeds", "teacher", "teacher_seconds", "student_alone", "best", "mean_delta", "similarity"):
+        assert merged[key] == together[key], key
+    kd = together["methods"]["kd"]
+    assert merged["methods"]["kd"]["delta_seeds"] == kd["delta_seeds"] and len(kd["delta_seeds"]["values"]) == 2
+    assert merged["methods"]["kd"]["wall_seconds"] == pytest.approx(kd["wall_seconds"])
+    repeated = merge_reports(spec, [_without_method(apart[0], "kd"), *apart])  # seed 0's teachers in two parts
+    assert repeated["methods"] == merged["methods"] and repeated["teacher"] == merged["teacher"]
+    with pytest.raises(SplicerError, match="seed 0's kd-from-standard is in two of the reports"):
+        merge_reports(spec, [apart[0], apart[0]])
+    with pytest.raises(SplicerError, match="every method needs every seed; missing seed 1: kd"):
+        merge_reports(spec, [apart[0], _without_method(apart[1], "kd")])
+    other = json.loads(json.dumps(_without_method(apart[0], "kd")))
+    other["seed_results"]["0"]["standard"]["final"]["top1"] += 1
+    with pytest.raises(SplicerError, match="seed 0's standard scores .* not the same run"):
+        merge_reports(spec, [apart[0], other])
+
+
+def _without_method(report: dict, method: str) -> dict:
+    """``report`` as if ``method`` had not been run: its teachers and student alone only."""
+    runs = {seed: {k: v for k, v in kinds.items() if not k.startswith(f"{method}-from-")}
+            for seed, kinds in report["seed_results"].items()}  # fmt: skip
+    return {**report, "methods": {}, "seed_results": runs}
 
 
 def test_the_difference_is_paired_seed_by_seed():

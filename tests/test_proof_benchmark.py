@@ -65,10 +65,12 @@ def test_proof_help_and_missing_data(tmp_path):
     assert "Traceback" not in missing.stderr
 
 
-def test_cuda_numerics_are_the_default_only_on_cuda_and_can_be_forced_on_cpu():
+def test_bf16_is_the_default_only_on_cuda_channels_last_on_both_and_either_can_be_forced():
     dist = Distributed.from_env()
     plain = Runtime.create("cpu", dist)
-    assert (plain.bf16, plain.channels_last) == (False, False)
+    assert (plain.bf16, plain.channels_last) == (False, True)
+    contiguous = Runtime.create("cpu", dist, memory_format="contiguous")
+    assert not contiguous.channels_last
     forced = Runtime.create("cpu", dist, precision="bf16", memory_format="channels_last")
     conv = forced.place(torch.nn.Conv2d(3, 4, 3))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.dtype == torch.float32
@@ -217,3 +219,32 @@ def test_teacher_curves_table_and_figure_from_the_runs_metrics(tmp_path):
     svg = tmp_path / "curves.svg"
     proof.plot_teacher_curves({"pair": {"curves": curves}}, "test", svg, "commit-abc")
     assert "commit commit-abc" in svg.read_text() and svg.read_text().lstrip().startswith("<?xml")
+
+
+def test_seeds_run_apart_combine_into_the_table_of_one_run_over_them(tmp_path):
+    """A proof too long for one session runs a seed at a time (--tag seedN); --combine then writes the
+    table a single run over all the seeds gives (runs are deterministic on the CPU), training nothing."""
+    from tests.test_data import write_image_folder
+
+    proof = benchmark_module("proof")
+    write_image_folder(tmp_path / "cifar10", classes=10, per_class=4, side=16)
+    results = tmp_path / "results"
+    common = ["--config", "cpu", "--epochs", "1", "--set", "train.batch_size=20", "--out", str(results), "--quiet"]
+    data = ["--data-root", str(tmp_path / "cifar10"), "--runs", str(tmp_path / "runs")]
+    for seeds, tag in (("0", "seed0"), ("1", "seed1"), ("0,1", "joint")):
+        proof.main([*common, *data, "--seeds", seeds, "--tag", tag])
+    parts = ",".join(str(results / f"proof_cpu_seed{seed}.json") for seed in (0, 1))
+    proof.main([*common, "--combine", parts, "--tag", "combined", "--runs", str(tmp_path / "nowhere")])
+    assert not (tmp_path / "nowhere").exists()
+    joint, combined = (json.loads((results / f"proof_cpu_{tag}.json").read_text()) for tag in ("joint", "combined"))
+    joint_report, combined_report = (r["pairs"]["proof_cpu"]["report"] for r in (joint, combined))
+    for key in ("seeds", "teacher", "student_alone", "best", "mean_delta", "similarity"):
+        assert combined_report[key] == joint_report[key], key
+    for kind in ("standard", "sftn", "delta_seeds"):
+        assert combined_report["methods"]["kd"][kind] == joint_report["methods"]["kd"][kind], kind
+    assert combined["pairs"]["proof_cpu"]["curves"] == joint["pairs"]["proof_cpu"]["curves"]
+    names = [part["file"].rsplit("/", 1)[-1] for part in combined["parts"]]
+    assert names == ["proof_cpu_seed0.json", "proof_cpu_seed1.json"]
+    assert "Combined from proofs run apart" in (results / "proof_cpu_combined.md").read_text()
+    with pytest.raises(SystemExit, match="seed 0's kd-from-standard is in two of the reports"):
+        proof.main([*common, "--combine", f"{parts},{results / 'proof_cpu_seed0.json'}", "--tag", "twice"])

@@ -65,7 +65,13 @@ def test_provenance_names_relative_folders(tmp_path):
 
 def test_proof_report_stores_run_folders_relative_to_the_repository():
     proof = benchmark_module("proof")
-    report = {"folder": str(REPO / "runs" / "p"), "runs": {"0": {"sftn": str(REPO / "runs" / "p" / "seed0" / "sftn")}}}
+    sftn = str(REPO / "runs" / "p" / "seed0" / "sftn")
+    report = {
+        "folder": str(REPO / "runs" / "p"),
+        "runs": {"0": {"sftn": sftn}},
+        "seed_results": {"0": {"sftn": {"run": sftn, "final": {"top1": 50.0}}}},
+    }
     stored = proof.portable_report(report)
     assert stored["folder"] == "runs/p" and stored["runs"]["0"]["sftn"] == "runs/p/seed0/sftn"
+    assert stored["seed_results"]["0"]["sftn"] == {"run": "runs/p/seed0/sftn", "final": {"top1": 50.0}}
     assert report["folder"] == str(REPO / "runs" / "p")  # the live report, which reads summaries, is unchanged

@@ -54,6 +54,11 @@ PAPER_ORDER = ("kd", "fitnets", "at", "sp", "vid", "rkd", "pkt", "ab", "ft", "cr
 """The rows of the paper's tables 1 and 2, then DKD; other registered methods follow by name."""
 METHOD_TITLES = {"fitnets": "FitNets"}
 ERROR_FILE = "error.txt"
+SEED_RESULT_FIELDS = (
+    "run", "final", "wall_seconds", "phases_wall_seconds", "step_seconds_median", "img_per_s_median",
+    "eval_split", "similarity", "error",
+)  # fmt: skip
+"""What a report keeps of each run's summary, per seed: enough to rebuild it with more seeds (:func:`merge_reports`)."""
 
 
 def method_title(method: str) -> str:
@@ -272,6 +277,7 @@ def _seed_runs(
                     spec, teacher, method, path, _resumable(path, resume), quiet
                 )
                 summary["similarity"] = _similarity(runtime, data, teacher / "last.pt", path / "last.pt")
+                summary["phases_wall_seconds"] = RunDir(path).phases_wall_seconds()
                 (path / ERROR_FILE).unlink(missing_ok=True)  # an earlier attempt's, now resolved
             except Exception as exc:  # noqa: BLE001  one method's failure must not stop the others
                 summary = _record_failure(path, method, kind, exc)
@@ -401,7 +407,7 @@ def build_report(
         row.update(differences(row))
         done = [results[seed][key] for key in keys.values() for seed in seeds if "error" not in results[seed][key]]
         row["wall_seconds"] = (
-            statistics.fmean(s["wall_seconds"] + RunDir(Path(s["run"])).phases_wall_seconds() for s in done)
+            statistics.fmean(s["wall_seconds"] + s.get("phases_wall_seconds", 0.0) for s in done)
             if done
             else None
         )
@@ -466,7 +472,61 @@ def build_report(
             for seed, runs in results.items()
             if any("error" in summary for summary in runs.values())
         },
+        "seed_results": {
+            str(seed): {key: {f: run[f] for f in SEED_RESULT_FIELDS if f in run} for key, run in runs.items()}
+            for seed, runs in results.items()
+        },
     }
+
+
+def merge_reports(spec: Spec, reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report over the runs of several reports of the same experiment run apart (seeds, or a seed's
+    methods, on other machines or in other sessions), as :func:`build_report` would have made it from all
+    their runs at once.
+
+    A seed split by methods repeats its teachers and student alone in each part: those must score the same
+    (the same seed trains the same networks on one device), else they are not the same runs. Refuses reports
+    of another spec, teachers or number of epochs, a distillation given twice, and a method missing a seed."""
+    first = reports[0]
+    teachers = first.get("teachers", list(TEACHERS))
+    results: dict[int, dict[str, Any]] = {}
+    methods: list[str] = []
+    for report in reports:
+        for key in ("spec", "teachers", "epochs"):
+            if report.get(key) != first.get(key):
+                raise SplicerError(
+                    f"merge_reports: {key} differs between the reports: {first.get(key)!r} and {report.get(key)!r}"
+                )
+        if "seed_results" not in report:
+            raise SplicerError("merge_reports: a report has no seed_results (written before they were kept); rerun it")
+        methods += [method for method in report["methods"] if method not in methods]
+        for seed, runs in report["seed_results"].items():
+            merged = results.setdefault(int(seed), {})
+            for key, run in runs.items():
+                if key in merged and "-from-" in key:
+                    raise SplicerError(f"merge_reports: seed {seed}'s {key} is in two of the reports; give each once")
+                if key in merged and merged[key].get("final") != run.get("final"):
+                    raise SplicerError(
+                        f"merge_reports: seed {seed}'s {key} scores {merged[key].get('final')} in one report and "
+                        f"{run.get('final')} in another: not the same run, so the reports do not combine"
+                    )
+                merged.setdefault(key, run)
+    missing = [
+        f"seed {seed}: {method}" for seed, runs in sorted(results.items()) for method in methods
+        if any(f"{method}-from-{kind}" not in runs for kind in teachers)
+    ]  # fmt: skip
+    if missing:
+        raise SplicerError(f"merge_reports: every method needs every seed; missing {', '.join(missing)}")
+    if spec.name != first["spec"] or spec.train.epochs != first["epochs"]:
+        raise SplicerError(
+            f"merge_reports: the reports are of {first['spec']} ({first['epochs']} epochs), "
+            f"the spec is {spec.name} ({spec.train.epochs} epochs)"
+        )
+    merged_report = build_report(spec, methods, sorted(results), results, teachers)
+    merged_report["skipped"] = {k: v for report in reports for k, v in report.get("skipped", {}).items()}
+    merged_report["features"] = {k: v for report in reports for k, v in report.get("features", {}).items()}
+    merged_report["block_ends"] = next((r["block_ends"] for r in reports if r.get("block_ends")), [])
+    return merged_report
 
 
 def _finetune_epochs(spec: Spec) -> int:

@@ -170,7 +170,9 @@ class TrainSpec(_Strict):
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU. Weights and optimizer state stay fp32."
     )
     memory_format: Literal["auto", "channels_last", "contiguous"] = Field(
-        "auto", description="auto: channels-last on CUDA (faster convolutions with bf16), contiguous on CPU."
+        "auto",
+        description="auto: channels-last on CUDA and on the CPU (faster convolutions on both; "
+        "benchmarks/results/student_step_layout.md).",
     )
     eval_every: int = Field(1, ge=1, description="Evaluate every this many epochs (and always at the end).")
     compile: Literal["auto", True, False] = Field(

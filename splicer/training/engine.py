@@ -47,7 +47,8 @@ class TrainingDiverged(SplicerError):
 
 @dataclass(frozen=True)
 class Runtime:
-    """The device and its numerics; by default bf16 autocast and channels-last on CUDA, fp32 on CPU.
+    """The device and its numerics; by default bf16 autocast on CUDA (fp32 on the CPU) and channels-last on
+    both (measured faster for the students' training step on the CPU: benchmarks/results/student_step_layout.md).
 
     The spec's ``train.precision`` and ``train.memory_format`` can force either on any device,
     which also lets the CUDA numerics be exercised on a CPU. ``compile`` runs the training
@@ -80,7 +81,7 @@ class Runtime:
         device = dist.device(on_gpu)
         dist.start(device)
         bf16 = precision == "bf16" or (precision == "auto" and on_gpu)
-        channels_last = memory_format == "channels_last" or (memory_format == "auto" and on_gpu)
+        channels_last = memory_format != "contiguous"
         compiled = compile is True or (compile == "auto" and on_gpu)
         return cls(device, bf16, channels_last, compiled)
 
