@@ -8,16 +8,22 @@
 #   python benchmarks/proof.py --config cpu-overfit-finetune --combine \
 #     benchmarks/results/proof_cpu_overfit_finetune_seed0a.json,benchmarks/results/proof_cpu_overfit_finetune_seed0b.json,...
 # An interrupted part resumes when the script is run again (finished runs are reused).
-#   bash benchmarks/finetune_test_seed.sh SEED [RUNS_FOLDER]    (default runs/)
+#   bash benchmarks/finetune_test_seed.sh SEED [RUNS_FOLDER] [-- more proof.py flags]    (default runs/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seed=${1:?usage: bash benchmarks/finetune_test_seed.sh SEED [RUNS_FOLDER]}
-runs=${2:-runs}
+usage="usage: bash benchmarks/finetune_test_seed.sh SEED [RUNS_FOLDER] [-- more proof.py flags]"
+seed=${1:?$usage}
+shift
+runs=runs
+if [[ $# -gt 0 && "$1" != "--" ]]; then runs=$1; shift; fi
+if [[ $# -gt 0 && "$1" == "--" ]]; then shift; fi
+[[ "$seed" =~ ^[0-9]+$ ]] || { echo "finetune_test_seed.sh: SEED must be a number, got '$seed'; $usage" >&2; exit 2; }
 export OMP_NUM_THREADS=1
 python=${PYTHON:-.venv/bin/python}
+extra=("$@")
 part() {
   "$python" benchmarks/proof.py --config cpu-overfit-finetune --seeds "$seed" --methods "$2" --tag "seed$seed$1" \
-    --runs "$runs" --quiet > "$runs/finetune_test_seed$seed$1.log" 2>&1
+    --runs "$runs" --quiet "${extra[@]}" > "$runs/finetune_test_seed$seed$1.log" 2>&1
 }
 mkdir -p "$runs"
 part a kd,sskd & a=$!

@@ -63,8 +63,7 @@ def portable_command(script: str, argv: list[str]) -> str:
     words = [repo_relative(script)]
     for word in argv:
         option, sep, value = word.partition("=") if word.startswith("--") else ("", "", word)
-        if os.path.isabs(value):
-            value = repo_relative(value)
+        value = ",".join(repo_relative(part) if os.path.isabs(part) else part for part in value.split(","))
         words.append(option + sep + value)
     return shlex.join(["python", *words])
 

@@ -61,6 +61,8 @@ def test_provenance_names_relative_folders(tmp_path):
     command = provenance.portable_command(script, ["--runs", str(REPO / "runs"), "--seeds", "0"])
     assert command == "python benchmarks/proof.py --runs runs --seeds 0"
     assert provenance.portable_command("benchmarks/proof.py", [f"--out={REPO}/x"]).endswith(" --out=x")
+    listed = provenance.portable_command("benchmarks/proof.py", ["--combine", f"{REPO}/a.json,{REPO}/b.json,c.json"])
+    assert listed.endswith(" --combine a.json,b.json,c.json")  # each path of a comma-separated list
 
 
 def test_proof_report_stores_run_folders_relative_to_the_repository():
