@@ -1,34 +1,39 @@
 #!/usr/bin/env bash
-# Issue 26, step 2: one seed of the fine-tuning proof on the test split, its five methods split over two
-# processes (one thread each) so that a seed fits in one session on 2 cores: part a distils KD and SSKD,
-# part b DKD, CRD and FitNets, from the standard, full SFTN and fine-tuned SFTN teachers; each part also
-# trains the seed's three teachers and the student alone (the same runs: the same seed gives the same
-# weights on one device, which --combine checks). Stores results/proof_cpu_overfit_finetune_seed{S}{a,b}.*
-# (commit those: run folders do not outlive a session). When every seed is stored, one table:
+# Issue 26, step 2: one seed of the fine-tuning proof on the test split, its methods split into groups that
+# train side by side, one process and one thread each (at most 2 groups at once on 2 cores). Each group
+# trains the seed's three teachers (standard, full SFTN, SFTN fine-tuned from the standard one) and the
+# student alone itself (the same runs: one seed gives the same weights on one device, which --combine
+# checks) and distils its methods from each teacher. Default groups: "kd,sskd dkd,crd,fitnets" (about 2 h
+# each); METHOD_GROUPS="kd dkd,fitnets" runs smaller ones. Each group stores
+# results/proof_cpu_overfit_finetune_seedS-METHODS.{md,json} and _curves.svg (commit them: run folders do
+# not outlive a session). When every seed has every method, one table:
 #   python benchmarks/proof.py --config cpu-overfit-finetune --combine \
-#     benchmarks/results/proof_cpu_overfit_finetune_seed0a.json,benchmarks/results/proof_cpu_overfit_finetune_seed0b.json,...
-# An interrupted part resumes when the script is run again (finished runs are reused).
+#     benchmarks/results/proof_cpu_overfit_finetune_seed0-kd.json,benchmarks/results/proof_cpu_overfit_finetune_seed0-dkd-fitnets.json,...
+# An interrupted group resumes when the script is run again with the same groups (finished runs are reused).
 #   bash benchmarks/finetune_test_seed.sh SEED [RUNS_FOLDER] [-- more proof.py flags]    (default runs/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage="usage: bash benchmarks/finetune_test_seed.sh SEED [RUNS_FOLDER] [-- more proof.py flags]"
+usage="usage: [METHOD_GROUPS='kd,sskd dkd,crd,fitnets'] bash benchmarks/finetune_test_seed.sh SEED [RUNS_FOLDER] [-- more proof.py flags]"
 seed=${1:?$usage}
 shift
 runs=runs
 if [[ $# -gt 0 && "$1" != "--" ]]; then runs=$1; shift; fi
 if [[ $# -gt 0 && "$1" == "--" ]]; then shift; fi
 [[ "$seed" =~ ^[0-9]+$ ]] || { echo "finetune_test_seed.sh: SEED must be a number, got '$seed'; $usage" >&2; exit 2; }
+read -r -a groups <<< "${METHOD_GROUPS:-kd,sskd dkd,crd,fitnets}"
 export OMP_NUM_THREADS=1
 python=${PYTHON:-.venv/bin/python}
-extra=("$@")
-part() {
-  "$python" benchmarks/proof.py --config cpu-overfit-finetune --seeds "$seed" --methods "$2" --tag "seed$seed$1" \
-    --runs "$runs" --quiet "${extra[@]}" > "$runs/finetune_test_seed$seed$1.log" 2>&1
-}
 mkdir -p "$runs"
-part a kd,sskd & a=$!
-part b dkd,crd,fitnets & b=$!
+pids=()
+for group in "${groups[@]}"; do
+  tag="seed$seed-${group//,/-}"
+  "$python" benchmarks/proof.py --config cpu-overfit-finetune --seeds "$seed" --methods "$group" --tag "$tag" \
+    --runs "$runs" --quiet "$@" > "$runs/finetune_test_$tag.log" 2>&1 &
+  pids+=($!)
+done
 status=0
-wait "$a" || { echo "part a failed: see $runs/finetune_test_seed${seed}a.log" >&2; status=1; }
-wait "$b" || { echo "part b failed: see $runs/finetune_test_seed${seed}b.log" >&2; status=1; }
+for i in "${!groups[@]}"; do
+  tag="seed$seed-${groups[$i]//,/-}"
+  wait "${pids[$i]}" || { echo "group ${groups[$i]} failed: see $runs/finetune_test_$tag.log" >&2; status=1; }
+done
 exit $status

@@ -147,9 +147,13 @@ def test_rco_follows_the_anchors_in_order_and_learns(anchored: Path, tmp_path: P
         return original(path, spec)
 
     monkeypatch.setattr(rco, "load_anchor", spy)
-    # lr 0.01: KD at tau 4 (x16) from the toy's half-trained first anchor, then the jump to the next
-    # anchor, throws a student at lr 0.05 back to chance on some library versions (measured: 10.2%).
-    summary = train_baseline("rco", small_spec(lr=0.01), tmp_path / "rco", quiet=True, teacher=anchored)
+    # KD at tau 1: at tau 4 (gradients x16) the jump from the toy's half-trained first anchor to the next
+    # leaves the student at chance or near it depending on float rounding alone (measured at lr 0.05 and
+    # 0.01: 10.2 %, or 19.5 % with channels-last, 29.7 % contiguous); at tau 1 it learns in both layouts
+    # (35.5 % / 29.7 %). The loss at the default tau is checked by the next test.
+    spec = small_spec()
+    spec = spec.model_copy(update={"distill": spec.distill.model_copy(update={"kd_tau": 1.0})})
+    summary = train_baseline("rco", spec, tmp_path / "rco", quiet=True, teacher=anchored)
     assert loaded == ["epoch-0002.pt", "epoch-0004.pt"]
     assert [(s["first_epoch"], s["last_epoch"], s["anchor_epoch"]) for s in summary["route"]] == [(1, 2, 2), (3, 4, 4)]
     history = [json.loads(line) for line in (tmp_path / "rco" / "metrics.jsonl").read_text().splitlines()]
