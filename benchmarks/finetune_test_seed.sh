@@ -3,8 +3,8 @@
 # train side by side, one process and one thread each (at most 2 groups at once on 2 cores). Each group
 # trains the seed's three teachers (standard, full SFTN, SFTN fine-tuned from the standard one) and the
 # student alone itself (the same runs: one seed gives the same weights on one device, which --combine
-# checks) and distils its methods from each teacher. Default groups: "kd,sskd dkd,crd,fitnets" (about 2 h
-# each); METHOD_GROUPS="kd dkd,fitnets" runs smaller ones. Each group stores
+# checks) and distils its methods from each teacher. Default groups: "kd,sskd dkd,crd,fitnets" (about
+# 1 h 40 min each); METHOD_GROUPS="kd dkd,fitnets" runs smaller ones (46 and 62 min). Each group stores
 # results/proof_cpu_overfit_finetune_seedS-METHODS.{md,json} and _curves.svg (commit them: run folders do
 # not outlive a session). When every seed has every method, one table:
 #   python benchmarks/proof.py --config cpu-overfit-finetune --combine \
