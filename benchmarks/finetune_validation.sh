@@ -39,9 +39,11 @@ ensure() {
 
 ensure wait "$OUT/standard" train "$SPEC" --standard
 ensure skip "$OUT/kd-from-standard" distill "$SPEC" --teacher "$OUT/standard" --method kd || true
+candidates=(standard)
 for epochs in 20 40; do
   for mult in 0 0.1 1; do
     name="e${epochs}-m${mult}"
+    candidates+=("sftn-$name")
     extra=(--set "finetune.epochs=$epochs" --set "finetune.milestones=[$((epochs * 3 / 4))]" --set "finetune.teacher_lr_mult=$mult")
     [[ "$mult" == 0 ]] && extra+=(--set finetune.freeze_through=2)
     ensure skip "$OUT/sftn-$name" train "$SPEC" --from "$OUT/standard" "${extra[@]}" &&
@@ -50,15 +52,15 @@ for epochs in 20 40; do
 done
 
 # The copy that finishes last writes the table (results/finetune_validation.{md,json}); each earlier one says what is left.
-.venv/bin/python - "$OUT" "$0" "$@" <<'PY'
-import json, sys
+CANDIDATES="${candidates[*]}" .venv/bin/python - "$OUT" "$0" "$@" <<'PY'
+import json, os, sys
 from pathlib import Path
 
 sys.path.insert(0, "benchmarks")
 from provenance import provenance, repo_relative
 
 out, script, args = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
-names = ["standard"] + [f"sftn-e{e}-m{m}" for e in (20, 40) for m in ("0", "0.1", "1")]
+names = os.environ["CANDIDATES"].split()
 runs = [run for name in names for run in (name, "kd-from-" + name)]
 left = [run for run in runs if not (out / run / "summary.json").is_file()]
 if left:

@@ -389,10 +389,12 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {
         "command": command, "commit": commit, "machine": machine(), "split": split, "pairs": {}
     }
-    if any(part["split"] != split for part in parts):
-        sys.exit(f"proof.py: --combine: every part must be scored on the {split} split, as this command is "
-                 f"({'with' if args.validation else 'without'} --validation); got {', '.join(p['split'] for p in parts)}")
     if parts:
+        if any(part["split"] != split for part in parts):
+            sys.exit(
+                f"proof.py: --combine: every part must be scored on the {split} split, as this command is "
+                f"({'with' if args.validation else 'without'} --validation); got {', '.join(p['split'] for p in parts)}"
+            )
         results["parts"] = [{key: part[key] for key in ("file", "commit", "command", "machine")} for part in parts]
         sections[4:4] = [
             "Combined from proofs run apart (each trained its seeds; this command trained nothing):",

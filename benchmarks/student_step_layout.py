@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 import splicer
 from splicer.spec import load_spec
+from splicer.training.engine import Runtime
+from splicer.training.losses import softened_kl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import provenance  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
@@ -44,18 +46,16 @@ class KDStep:
     def __init__(self, spec_path: str, channels_last: bool) -> None:
         spec = load_spec(REPO / spec_path)
         torch.manual_seed(0)
-        self.student = splicer.build_student(spec).train()
-        self.images = torch.randn(BATCH, *spec.input_size)
-        if channels_last:
-            self.student.to(memory_format=torch.channels_last)
-            self.images = self.images.contiguous(memory_format=torch.channels_last)
+        runtime = Runtime(torch.device("cpu"), channels_last=channels_last)  # the layout as the trainer sets it
+        self.student = runtime.place(splicer.build_student(spec).train())
+        self.images = runtime.inputs(torch.randn(BATCH, *spec.input_size))
         self.labels = torch.randint(0, spec.num_classes, (BATCH,))
         self.teacher_logits = torch.randn(BATCH, spec.num_classes)
         self.optimizer = torch.optim.SGD(self.student.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
     def __call__(self) -> None:
         logits = self.student(self.images)
-        kl = F.kl_div(F.log_softmax(logits / 4, 1), F.softmax(self.teacher_logits / 4, 1), reduction="batchmean")
+        kl = softened_kl(self.teacher_logits, logits, tau=4.0)
         loss = 0.1 * F.cross_entropy(logits, self.labels) + 0.9 * 16 * kl
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -407,7 +407,7 @@ def build_report(
         row.update(differences(row))
         done = [results[seed][key] for key in keys.values() for seed in seeds if "error" not in results[seed][key]]
         row["wall_seconds"] = (
-            statistics.fmean(s["wall_seconds"] + s.get("phases_wall_seconds", 0.0) for s in done)
+            statistics.fmean(s["wall_seconds"] + s["phases_wall_seconds"] for s in done)
             if done
             else None
         )
