@@ -24,10 +24,14 @@ script runs with) + ``tensorboard_logger==0.1.0`` (RepDistiller) or ``torchdisti
 the peers' code is patched; ``peer_launch.py`` says what it sets before starting a tool.
 
 splicer variants run when the installed splicer's spec schema has their options, and are skipped with
-the reason printed otherwise: "live teacher unfolded" (``distill.teacher_fold_bn=false`` where that
-exists, else splicer as it is), "folded teacher" (``distill.teacher_fold_bn=true``), "stored soft labels"
-(``distill.soft_labels.views=K``: its training epoch is timed alone; the precompute's cost, per view and
-image, is read from the run's ``summary.json`` ``meta.soft_labels``: teacher passes and seconds).
+the reason printed otherwise: "live teacher unfolded, fp32" (``distill.teacher_fold_bn=false`` where that
+exists, else splicer as it is), "folded teacher, fp32" (``distill.teacher_fold_bn=true``), "stored soft
+labels" (``distill.soft_labels.views=K``: its training epoch is timed alone; the precompute's cost, per view
+and image, is read from the run's ``summary.json`` ``meta.soft_labels``: teacher passes and seconds). On a
+CPU with AMX (native bf16; ``distill.teacher_precision: auto`` picks bf16 there) also: "folded teacher,
+bf16" and, with the student's step under bf16 autocast too (``train.precision=bf16``), "folded teacher and
+student step, bf16" and "stored soft labels, bf16 student step"; elsewhere they are skipped (emulated bf16
+is several times slower than fp32).
 
     python benchmarks/peer_throughput.py                     # 5,000 images, 5 rounds
     python benchmarks/peer_throughput.py --quick             # 640 images, 1 round: a smoke test
@@ -75,23 +79,46 @@ class Variant:
     sets: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
     fallback_sets: tuple[str, ...] | None = None  # used instead of ``sets`` when ``requires`` is missing
+    bf16: bool = False  # runs only where the CPU computes bf16 natively (AMX)
+
+    @property
+    def stores_soft_labels(self) -> bool:
+        return any(assignment.startswith("distill.soft_labels.") for assignment in self.sets)
 
 
 def splicer_variants(views: int) -> list[Variant]:
+    fp32_teacher = ("distill.teacher_precision=fp32",)
+    soft = (f"distill.soft_labels.views={views}",)
     return [
         Variant(
-            "splicer, live teacher unfolded",
-            sets=("distill.teacher_fold_bn=false",),
+            "splicer, live teacher unfolded, fp32",
+            sets=("distill.teacher_fold_bn=false", *fp32_teacher),
             requires=("distill.teacher_fold_bn",),
-            fallback_sets=(),  # before the fold option, splicer's teacher is always live and unfolded
+            fallback_sets=(),  # before the fold option, splicer's teacher is always live, unfolded and fp32
         ),
         Variant(
-            "splicer, folded teacher", sets=("distill.teacher_fold_bn=true",), requires=("distill.teacher_fold_bn",)
+            "splicer, folded teacher, fp32",
+            sets=("distill.teacher_fold_bn=true", *fp32_teacher),
+            requires=("distill.teacher_fold_bn",),
         ),
         Variant(
-            "splicer, stored soft labels",
-            sets=(f"distill.soft_labels.views={views}",),
+            "splicer, folded teacher, bf16",
+            sets=("distill.teacher_fold_bn=true", "distill.teacher_precision=bf16"),
+            requires=("distill.teacher_fold_bn",),
+            bf16=True,
+        ),
+        Variant(
+            "splicer, folded teacher and student step, bf16",
+            sets=("distill.teacher_fold_bn=true", "distill.teacher_precision=bf16", "train.precision=bf16"),
+            requires=("distill.teacher_fold_bn",),
+            bf16=True,
+        ),
+        Variant("splicer, stored soft labels", sets=soft, requires=("distill.soft_labels.views",)),
+        Variant(
+            "splicer, stored soft labels, bf16 student step",
+            sets=(*soft, "train.precision=bf16"),
             requires=("distill.soft_labels.views",),
+            bf16=True,
         ),
     ]
 
@@ -280,7 +307,15 @@ def tools_to_run(args: argparse.Namespace) -> tuple[list[Tool], dict[str, str]]:
     """The tools this run times, and the variants skipped with their reason."""
     chosen = {name.strip() for name in args.tools.split(",")} if args.tools else None
     tools, skipped = [], {}
+    import torch
+
+    from splicer.training.hardware import native_bf16
+
+    amx = native_bf16(torch.device("cpu"))
     for variant in splicer_variants(args.soft_label_views):
+        if variant.bf16 and not amx:
+            skipped[variant.name] = "this CPU has no AMX: bf16 is emulated there, several times slower than fp32"
+            continue
         missing = [name for name in variant.requires if not spec_has(name)]
         if missing and variant.fallback_sets is None:
             skipped[variant.name] = f"this splicer's spec has no {', '.join(missing)}"
@@ -461,7 +496,7 @@ def epoch_speed(tool: Tool, run: Path, output: str, args: argparse.Namespace) ->
     if tool.variant is not None:
         record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
         found: dict[str, Any] = {"img_per_s": record["img_per_s"], "step_seconds": record["step_seconds"]}
-        if tool.variant.name.endswith("stored soft labels"):
+        if tool.variant.stores_soft_labels:
             soft = json.loads((run / "summary.json").read_text())["meta"]["soft_labels"]
             found["precompute"] = {
                 "seconds": soft["precompute_seconds"],
@@ -556,7 +591,7 @@ def summarise(measured: dict[str, Any], tools: list[Tool]) -> dict[str, Any]:
             table["ratio"][f"{tool.name} / {peer}"] = spread(per_round)
     precompute = {}
     for tool in tools:
-        if tool.variant is not None and tool.variant.name.endswith("stored soft labels"):
+        if tool.variant is not None and tool.variant.stores_soft_labels:
             precompute[tool.name] = [r.get("precompute") if r else None for r in measured["rounds"][tool.name]]
     table["soft_label_precompute"] = precompute
     return table

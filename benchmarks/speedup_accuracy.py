@@ -2,9 +2,12 @@
 
 Per seed: a standard teacher (``benchmarks/specs/proof_cpu.yaml``: resnet20 -> narrow resnet8,
 real CIFAR-10 at 16x16, 10 epochs), then KD students that differ only in how the frozen teacher
-is run: as trained (no BatchNorm folding, contiguous layout: what the peers do), folded +
-channels-last (splicer's default), compiled (``distill.teacher_compile``), and from soft labels
-computed once (``distill.soft_labels.views=K``, no teacher pass while the student trains).
+is run: as trained (no BatchNorm folding, contiguous layout, fp32: what the peers do), folded +
+channels-last (splicer's default on CPUs without AMX), compiled (``distill.teacher_compile``), from soft
+labels computed once (``distill.soft_labels.views=K``, no teacher pass while the student trains), all with an
+fp32 teacher; and, where bf16 runs natively (CPUs with AMX: pick them with ``--only``), the folded teacher
+in bf16 (splicer's default there), with the student's step in bf16 too (``train.precision=bf16``), and soft
+labels from the bf16 teacher with a bf16 student step.
 Stores ``benchmarks/results/speedup_accuracy.{md,json}``: each student's test top-1, its paired
 difference to the student of the teacher as trained, how far its test logits are from that
 student's (max |difference| and the share of equal predictions), the same after only 8 training
@@ -14,6 +17,7 @@ read against what two identical runs give.
     python benchmarks/speedup_accuracy.py --seeds 0,1,2             # all of it, one run at a time
     python benchmarks/speedup_accuracy.py --seeds 1 --no-table      # one seed (e.g. two in parallel) ...
     python benchmarks/speedup_accuracy.py --seeds 0,1,2             # ... then the table from finished runs
+    python benchmarks/speedup_accuracy.py --only kd-bf16,kd-bf16-student,kd-soft10-bf16 --name speedup_accuracy_bf16
 
 Finished runs in ``--runs`` are reused and interrupted ones resumed.
 """
@@ -50,20 +54,24 @@ class Variant:
 
 
 def variants(views: int) -> list[Variant]:
+    fp32, bf16 = "distill.teacher_precision=fp32", "distill.teacher_precision=bf16"
+    as_trained = ("distill.teacher_fold_bn=false", "distill.teacher_channels_last=false", fp32)
+    soft = f"distill.soft_labels.views={views}"
     return [
+        Variant(REFERENCE, "Teacher as trained (no folding, contiguous, fp32)", as_trained),
         Variant(
-            REFERENCE,
-            "Teacher as trained (no folding, contiguous)",
-            ("distill.teacher_fold_bn=false", "distill.teacher_channels_last=false"),
+            f"{REFERENCE}-again", "Teacher as trained, the same run again (how far two identical runs drift)", as_trained
         ),
+        Variant("kd-folded", "Folded BatchNorm + channels-last, fp32 (default on CPUs without AMX)", (fp32,)),
+        Variant("kd-compiled", "Folded + channels-last + torch.compile, fp32", ("distill.teacher_compile=true", fp32)),
+        Variant(f"kd-soft{views}", f"Soft labels computed once, {views} views, fp32 teacher", (soft, fp32)),
+        Variant("kd-bf16", "Folded + channels-last, bf16 teacher (default on CPUs with AMX and on CUDA)", (bf16,)),
+        Variant("kd-bf16-student", "Folded bf16 teacher, bf16 student step", (bf16, "train.precision=bf16")),
         Variant(
-            f"{REFERENCE}-again",
-            "Teacher as trained, the same run again (how far two identical runs drift)",
-            ("distill.teacher_fold_bn=false", "distill.teacher_channels_last=false"),
+            f"kd-soft{views}-bf16",
+            f"Soft labels computed once, {views} views, bf16 teacher, bf16 student step",
+            (soft, bf16, "train.precision=bf16"),
         ),
-        Variant("kd-folded", "Folded BatchNorm + channels-last (default)", ()),
-        Variant("kd-compiled", "Folded + channels-last + torch.compile", ("distill.teacher_compile=true",)),
-        Variant(f"kd-soft{views}", f"Soft labels computed once, {views} views", (f"distill.soft_labels.views={views}",)),
     ]
 
 
@@ -176,7 +184,7 @@ def write_table(rows: dict[int, dict[str, Any]], chosen: list[Variant], spec, ar
     meta = provenance(argv, int(os.environ.get("OMP_NUM_THREADS", "0")) or 2)
     teachers = [rows[s]["teacher"]["final"]["top1"] for s in seeds]
     lines = [
-        "# What each stage-2 speed-up costs: KD students of one teacher, run four ways",
+        "# What each stage-2 speed-up costs: KD students of one teacher, its stage-2 numerics varied",
         "",
         f"CPU proof configuration (`benchmarks/specs/proof_cpu.yaml`: {spec.teacher.model} -> {spec.student.model} "
         f"{spec.student.kwargs}, real CIFAR-10 at {spec.input_size[1]}x{spec.input_size[2]}, "

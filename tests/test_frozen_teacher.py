@@ -167,7 +167,7 @@ def test_bad_teacher_settings_are_spec_errors(field: str, value: str, valid: str
 
 
 def test_the_check_refuses_a_teacher_that_differs(monkeypatch: pytest.MonkeyPatch):
-    spec = spec_from_dict(toy_spec())
+    spec = spec_from_dict(toy_spec(distill={"teacher_precision": "fp32"}))
     torch.manual_seed(0)
     teacher = block_net(plan_network(spec, spec.teacher, "teacher", spec.source)).eval().requires_grad_(False)
     student = block_net(plan_network(spec, spec.student, "student", spec.source))
@@ -205,8 +205,17 @@ def test_bf16_teacher_hands_float32_to_the_loss():
     assert all(t.dtype == torch.float32 for t in [*features, logits])
 
 
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_amx(monkeypatch: pytest.MonkeyPatch, amx: bool):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    settings = spec_from_dict(toy_spec()).distill
+    assert TeacherNumerics.resolve(settings, torch.device("cpu")).precision == ("bf16" if amx else "fp32")
+    forced = settings.model_copy(update={"teacher_precision": "fp32"})
+    assert TeacherNumerics.resolve(forced, torch.device("cpu")).precision == "fp32"
+
+
 def test_compiled_teacher_gives_the_eager_teachers_outputs():
-    prepared, facts = toy_check(teacher_compile=True)
+    prepared, facts = toy_check(teacher_compile=True, teacher_precision="fp32")
     assert facts["compile"] and facts["max_abs_diff"]["block_outputs"] < 1e-5 and facts["max_abs_diff"]["logits"] < 1e-5
     images = torch.randn(3, 3, 16, 16)
     eager = InferenceTeacher(prepared, replace(prepared.numerics, compile=False), step_channels_last=False)
@@ -253,7 +262,8 @@ def test_a_distillation_records_the_teacher_check(
     reads: str,
 ):
     spec, teacher = trained_teacher
-    spec = {**spec, "distill": {"teacher_fold_bn": fold, "options": {"ab": {"init_epochs": 1}}}}
+    settings = {"teacher_fold_bn": fold, "teacher_precision": "fp32", "options": {"ab": {"init_epochs": 1}}}
+    spec = {**spec, "distill": settings}
     summary = distill(spec_from_dict(spec), teacher, method, out=tmp_path / "run")
 
     facts = summary["meta"]["teacher_inference"]

@@ -80,3 +80,18 @@ def test_every_resnet32x4_tensor_is_renamed_once():
 def test_unknown_name_is_refused():
     with pytest.raises(ValueError, match="no tensor of splicer's CIFAR ResNet"):
         peer_data.repdistiller_key("head.fc.weight")
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_bf16_variants_run_only_where_the_cpu_has_amx(monkeypatch, capsys, amx):
+    import peer_throughput
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    tools, skipped = peer_throughput.tools_to_run(peer_throughput.parse_args([]))
+    bf16 = {v.name for v in peer_throughput.splicer_variants(1) if v.bf16}
+    names = {tool.name for tool in tools}
+    assert bf16 and (bf16 <= names if amx else not bf16 & names)
+    assert set(skipped) == (set() if amx else bf16)
+    assert {"splicer, folded teacher, fp32", "RepDistiller", "torchdistill"} <= names
+    soft = [tool.variant for tool in tools if tool.variant is not None and tool.variant.stores_soft_labels]
+    assert soft and all(any(s.startswith("distill.soft_labels.views=") for s in v.sets) for v in soft)

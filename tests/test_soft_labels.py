@@ -42,7 +42,9 @@ def base_spec(**train: object) -> Spec:
 
 
 def with_soft_labels(spec: Spec, *settings: str) -> Spec:
-    return apply_overrides(spec, assignments=[f"distill.soft_labels.views={VIEWS}", *settings])
+    """Soft labels from the fp32 teacher, on every CPU: the tests compare them with the fp32 teacher run live."""
+    assignments = [f"distill.soft_labels.views={VIEWS}", "distill.teacher_precision=fp32", *settings]
+    return apply_overrides(spec, assignments=assignments)
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +200,9 @@ def test_a_store_of_other_settings_or_another_teacher_is_refused_and_kept(
     with pytest.raises(SplicerError, match="teacher_digest: was 0000"):
         distill(with_soft_labels(base_spec()), teacher, "kd", out=tmp_path / "run", resume=True, quiet=True)
     assert json.loads((store / "manifest.json").read_text()) == manifest  # nothing overwritten
+    bf16 = apply_overrides(with_soft_labels(base_spec()), assignments=["distill.teacher_precision=bf16"])
+    with pytest.raises(SplicerError, match="teacher_precision: was fp32, now bf16"):  # e.g. resumed on a CPU with AMX
+        distill(bf16, teacher, "kd", out=tmp_path / "run", resume=True, quiet=True)
 
 
 def test_methods_that_read_more_than_logits_are_refused_before_anything_runs(teacher: Path, tmp_path: Path):

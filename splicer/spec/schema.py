@@ -320,7 +320,8 @@ class DistillSpec(_Strict):
     teacher_precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="The frozen teacher's numerics (its outputs reach the loss as float32). "
-        "auto: bf16 autocast on CUDA GPUs that support it, fp32 elsewhere (bf16 is far slower on the CPU).",
+        "auto: bf16 autocast where the device runs bf16 natively (CUDA GPUs that support it, CPUs with AMX), "
+        "fp32 elsewhere (emulated bf16 is far slower).",
     )
     teacher_compile: bool = Field(
         False, description="torch.compile the frozen teacher for inference (its own graphs, apart from train.compile)."

@@ -24,6 +24,7 @@ from splicer.assembly.tapped import TappedBlockNet
 from splicer.errors import SplicerError
 from splicer.spec.schema import DistillSpec
 from splicer.trace.fold_batchnorm import fold_batchnorm, retarget_tap
+from splicer.training.hardware import native_bf16
 from splicer.training.methods.base import block_features
 
 if TYPE_CHECKING:
@@ -47,12 +48,12 @@ class TeacherNumerics:
     @classmethod
     def resolve(cls, spec: DistillSpec, device: torch.device) -> TeacherNumerics:
         """``auto``: channels-last everywhere (faster on CUDA, and measured faster for resnet32x4 on the CPU);
-        bf16 on CUDA GPUs that support it, fp32 on the CPU (bf16 convolutions are far slower there)."""
-        on_gpu = device.type == "cuda"
+        bf16 where the device runs it natively (:func:`native_bf16`: CUDA GPUs that support it, CPUs with
+        AMX), fp32 elsewhere (bf16 convolutions are emulated and far slower there)."""
         channels_last = spec.teacher_channels_last if spec.teacher_channels_last != "auto" else True
         precision = spec.teacher_precision
         if precision == "auto":
-            precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
+            precision = "bf16" if native_bf16(device) else "fp32"
         return cls(spec.teacher_fold_bn, channels_last, precision, spec.teacher_compile)
 
 

@@ -10,9 +10,8 @@ bool, each (n, views)) and the teacher's outputs on them: ``logits`` (n, views, 
 or for ``keep: k`` the ``values`` of the k largest logits (float32), their ``classes`` (int16; int32
 past 32767 classes) and ``rest``, the log-sum-exp over the other classes of logit / T at the
 method's temperature T (float32). float32, not float16: the stored logits are the teacher's own, so
-the student learns exactly what a live teacher would teach on those views (on a GPU the teacher
-runs in bf16 as it does in training, whose values float32 holds exactly); top-k is the way to a
-smaller store.
+the student learns exactly what a live teacher would teach on those views (where the teacher runs in
+bf16, on a GPU or a CPU with AMX, float32 holds its values exactly); top-k is the way to a smaller store.
 
 A chunk is written whole or not at all, and chunk c's views are drawn from a generator of the seed
 and c alone: an interrupted precompute continues with the chunks it lacks and ends with the store an
@@ -41,6 +40,7 @@ from splicer.errors import SplicerError
 from splicer.spec import Spec
 from splicer.spec.schema import DistillSpec
 from splicer.training.checkpoint import save_atomic, weights_digest
+from splicer.training.frozen_teacher import TeacherNumerics
 from splicer.training.logging import RunLogger
 from splicer.training.methods import METHODS, DistillMethod
 from splicer.training.methods.base import method_options
@@ -167,7 +167,7 @@ def open_soft_labels(
     temperature = None
     if settings.keep != "full":
         temperature = METHODS[method].soft_label_temperature(spec.distill, method_options(method, spec.distill))
-    fingerprint = _fingerprint(spec, teacher_digest, train, temperature)
+    fingerprint = _fingerprint(spec, teacher_digest, train, temperature, runtime)
     folder, manifest_path = run.soft_labels, run.soft_labels / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
     if manifest is not None and manifest["fingerprint"] != fingerprint:
@@ -219,13 +219,17 @@ def open_soft_labels(
     return _load(run, chunks, manifest, settings.keep, spec.num_classes, temperature, runtime.device)
 
 
-def _fingerprint(spec: Spec, teacher_digest: str, train: MemoryBatches, temperature: float | None) -> dict[str, Any]:
-    """Everything the stored views and logits depend on (where the data lies and how it loads do not count)."""
+def _fingerprint(
+    spec: Spec, teacher_digest: str, train: MemoryBatches, temperature: float | None, runtime: Runtime
+) -> dict[str, Any]:
+    """Everything the stored views and logits depend on (where the data lies and how it loads do not count), the
+    teacher's precision included: ``auto`` differs between machines, and a store resumed on another must not mix."""
     settings = spec.distill.soft_labels
     assert settings is not None
     return {
         "format": FORMAT,
         "teacher_digest": teacher_digest,
+        "teacher_precision": TeacherNumerics.resolve(spec.distill, runtime.device).precision,
         "views": settings.views,
         "keep": settings.keep,
         "temperature": temperature,
