@@ -9,7 +9,8 @@
 # not outlive a session). When every seed has every method, one table:
 #   python benchmarks/proof.py --config cpu-overfit-finetune --combine \
 #     benchmarks/results/proof_cpu_overfit_finetune_seed0-kd.json,benchmarks/results/proof_cpu_overfit_finetune_seed0-dkd-fitnets.json,...
-# An interrupted group resumes when the script is run again with the same groups (finished runs are reused).
+# An interrupted group resumes when the script is run again with the same groups (finished runs are reused);
+# a new group of a seed whose teachers another group finished copies them (below) and trains its methods only.
 #   bash benchmarks/finetune_test_seed.sh SEED [RUNS_FOLDER] [-- more proof.py flags]    (default runs/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,9 +25,25 @@ read -r -a groups <<< "${METHOD_GROUPS:-kd,sskd dkd,crd,fitnets}"
 export OMP_NUM_THREADS=1
 python=${PYTHON:-.venv/bin/python}
 mkdir -p "$runs"
+# A seed's teachers and student alone are the same runs in every group: where another group of this seed
+# finished them (in this session or an earlier one whose runs/ survived), copy them instead of retraining
+# (28 min a group on one thread); --combine still checks that the groups' shared runs score alike.
+shared=(standard sftn sftn-finetuned student)
+experiment="$runs/proof_cpu_overfit_finetune"
+donor=""
+for folder in "$experiment"/proof_cpu_overfit_finetune_seed"$seed"-*/seed"$seed"; do
+  complete=1
+  for run in "${shared[@]}"; do [[ -f "$folder/$run/summary.json" ]] || complete=0; done
+  if [[ $complete == 1 ]]; then donor=$folder; break; fi
+done
 pids=()
 for group in "${groups[@]}"; do
   tag="seed$seed-${group//,/-}"
+  if [[ -n "$donor" ]]; then
+    target="$experiment/proof_cpu_overfit_finetune_$tag/seed$seed"
+    mkdir -p "$target"
+    for run in "${shared[@]}"; do [[ -e "$target/$run" ]] || cp -r "$donor/$run" "$target/$run"; done
+  fi
   "$python" benchmarks/proof.py --config cpu-overfit-finetune --seeds "$seed" --methods "$group" --tag "$tag" \
     --runs "$runs" --quiet "$@" > "$runs/finetune_test_$tag.log" 2>&1 &
   pids+=($!)
