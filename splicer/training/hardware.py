@@ -1,7 +1,7 @@
 """What a device computes fast, for the ``auto`` settings that depend on it.
 
 bf16 convolutions pay only where the hardware has bf16 units: CUDA GPUs that support it, and x86 CPUs
-with AMX tiles, where oneDNN runs them on the tiles (the frozen teacher's forward measured 5x faster than
+with AMX tiles, where oneDNN runs them on the tiles (the frozen teacher's forward measured 6x faster than
 fp32 there: benchmarks/results/teacher_forward_amx.md). On other CPUs they are emulated and several
 times slower (benchmarks/results/teacher_forward.md).
 """
