@@ -5,7 +5,8 @@ in ``../shared/data`` and stores, per configuration, a markdown and a JSON table
 ``benchmarks/results/``: teacher accuracy (standard, SFTN), student accuracy (alone, by KD
 from each), the paper's table-8 similarity (KL, CKA), wall time per stage, the SFTN step
 time relative to the standard teacher's, the data pipeline's img/s relative to the model's, and
-the teachers' training and held-out accuracy per epoch (table, JSON and an SVG figure).
+the teachers' training and held-out accuracy per epoch (table, JSON and an SVG figure), and
+with two SFTNs (issue 26) their paired differences to the standard teacher and to each other.
 
     python benchmarks/proof.py --config cpu --seeds 0,1,2          # about 25 min a seed on 2 cores
     python benchmarks/proof.py --config cpu --validation --seeds 0 # choose settings on a val split
@@ -254,6 +255,60 @@ def curve_table(curves: dict[str, dict[str, list[dict[str, Any]]]], split: str) 
     return lines
 
 
+PAIRS = (("sftn", "standard"), ("sftn-finetuned", "standard"), ("sftn-finetuned", "sftn"))
+"""The three comparisons of issue 26: each SFTN against the standard teacher, and fine-tuned against full."""
+
+
+def paired_differences(report: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """Seed by seed, each comparison of :data:`PAIRS` for the teachers and every method finished with all
+    three, and their mean over those methods per seed: the spread a difference must beat is the std of
+    these per-seed values. None unless the report has both SFTNs."""
+    from splicer.experiments.experiment import seed_stats
+
+    teachers = report.get("teachers", [])
+    if not all(kind in teachers for pair in PAIRS for kind in pair):
+        return None
+
+    def differences(row: dict[str, Any]) -> dict[str, list[float]]:
+        return {
+            f"{a} - {b}": [x - y for x, y in zip(row[a]["values"], row[b]["values"], strict=True)] for a, b in PAIRS
+        }
+
+    rows = {"teacher": differences(report["teacher"])}
+    methods = [m for m, row in report["methods"].items() if all(row[kind] is not None for kind in teachers)]
+    rows.update({m: differences(report["methods"][m]) for m in methods})
+    if methods:
+        rows["mean over methods"] = {
+            key: [statistics.fmean(seeds) for seeds in zip(*(rows[m][key] for m in methods))] for key in rows["teacher"]
+        }
+    return {name: {key: seed_stats(values) for key, values in row.items()} for name, row in rows.items()}
+
+
+def paired_table(paired: dict[str, dict[str, Any]], seeds: list[int]) -> list[str]:
+    """Markdown: per row, each comparison as mean ± std over the seeds, then the per-seed values."""
+    from splicer.experiments.experiment import method_title
+
+    short = {"standard": "standard", "sftn": "full SFTN", "sftn-finetuned": "fine-tuned SFTN"}
+
+    def title(key: str) -> str:
+        a, b = key.split(" - ")
+        return f"{short[a]} - {short[b]}"
+
+    def cell(stats: dict[str, Any]) -> str:
+        per_seed = ", ".join(f"{v:+.2f}" for v in stats["values"])
+        return f"{stats['mean']:+.2f} ± {stats['std']:.2f} ({per_seed})" if len(seeds) > 1 else f"{stats['mean']:+.2f}"
+
+    keys = [f"{a} - {b}" for a, b in PAIRS]
+    names = {"teacher": "Teacher", "mean over methods": "Mean over methods"}
+    lines = [
+        f"| | {' | '.join(title(k) for k in keys)} |",
+        "|:--|" + "--:|" * len(keys),
+    ]
+    for name, row in paired.items():
+        lines.append(f"| {names.get(name) or method_title(name)} | {' | '.join(cell(row[k]) for k in keys)} |")
+    return lines
+
+
 def plot_teacher_curves(pairs: dict[str, Any], split: str, path: Path, commit: str) -> None:
     """One row per pair: training and eval accuracy per epoch, a thin line per seed, standard vs SFTN.
     SVG (text, with the commit in its metadata) so that the stored figure is checked like the tables."""
@@ -441,6 +496,23 @@ def main(argv: list[str] | None = None) -> None:
             ]
             sections += [body, *fit, "### Time", "", *lines, ""]
             results["pairs"][spec.name] = {"report": report, "timing": timing, "curves": curves}
+            paired = paired_differences(report)
+            if paired is not None:
+                sections += [
+                    "### Paired differences: each SFTN against the standard teacher, fine-tuned against full",
+                    "",
+                    f"Top-1 differences ({split} split), "
+                    + (
+                        f"mean ± std over seeds {', '.join(map(str, report['seeds']))} of the per-seed differences, "
+                        "then each seed's. Mean over methods: the methods' mean difference per seed, then over seeds."
+                        if len(report["seeds"]) > 1
+                        else f"seed {report['seeds'][0]}. Mean over methods: the methods' mean difference."
+                    ),
+                    "",
+                    *paired_table(paired, report["seeds"]),
+                    "",
+                ]
+                results["pairs"][spec.name]["paired_differences"] = paired
     except SplicerError as exc:
         sys.exit(f"proof.py: {exc}")
     from splicer.training.distributed import Distributed

@@ -248,3 +248,33 @@ def test_seeds_run_apart_combine_into_the_table_of_one_run_over_them(tmp_path):
     assert "Combined from proofs run apart" in (results / "proof_cpu_combined.md").read_text()
     with pytest.raises(SystemExit, match="seed 0's kd-from-standard is in two of the reports"):
         proof.main([*common, "--combine", f"{parts},{results / 'proof_cpu_seed0.json'}", "--tag", "twice"])
+
+
+def test_paired_differences_compare_both_sftns_seed_by_seed_over_the_methods_finished_with_all_three():
+    """Issue 26's answer: full - standard, fine-tuned - standard and fine-tuned - full per seed, their
+    spread, and the methods' mean per seed; a method that failed with one teacher is left out of the mean."""
+    proof = benchmark_module("proof")
+
+    def scores(*values: float) -> dict:
+        return {"values": list(values)}
+
+    report = {
+        "teachers": ["standard", "sftn", "sftn-finetuned"],
+        "teacher": {"standard": scores(69.0, 70.0), "sftn": scores(68.0, 71.0), "sftn-finetuned": scores(69.5, 70.0)},
+        "methods": {
+            "kd": {"standard": scores(64.0, 65.0), "sftn": scores(65.0, 65.0), "sftn-finetuned": scores(63.0, 64.0)},
+            "fitnets": {"standard": scores(60.0, 62.0), "sftn": scores(61.0, 61.0), "sftn-finetuned": scores(62.0, 62.0)},
+            "dkd": {"standard": scores(63.0, 63.0), "sftn": None, "sftn-finetuned": scores(50.0, 50.0)},
+        },
+    }
+    paired = proof.paired_differences(report)
+    assert list(paired) == ["teacher", "kd", "fitnets", "mean over methods"]
+    assert paired["teacher"]["sftn - standard"]["values"] == [-1.0, 1.0]
+    assert paired["kd"]["sftn-finetuned - sftn"]["values"] == [-2.0, -1.0]
+    assert paired["fitnets"]["sftn-finetuned - standard"]["values"] == [2.0, 0.0]
+    mean = paired["mean over methods"]["sftn-finetuned - standard"]
+    assert mean["values"] == [0.5, -0.5] and mean["mean"] == 0.0 and math.isclose(mean["std"], math.sqrt(0.5))
+    lines = proof.paired_table(paired, [0, 1])
+    assert lines[0] == "| | full SFTN - standard | fine-tuned SFTN - standard | fine-tuned SFTN - full SFTN |"
+    assert lines[3].startswith("| KD | +0.50 ± 0.71 (+1.00, +0.00) | -1.00 ± 0.00 (-1.00, -1.00) |")
+    assert proof.paired_differences({**report, "teachers": ["standard", "sftn"]}) is None

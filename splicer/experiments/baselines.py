@@ -9,10 +9,10 @@ standard teacher, which ``splicer run`` saves when RCO is among the methods.
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
+from splicer.experiments.experiment import seed_stats
 from splicer.spec import Spec
 from splicer.training.distributed import Distributed
 from splicer.training.online import TITLES, train_baseline
@@ -21,11 +21,6 @@ from splicer.training.runs import RunDir
 
 def _final(run: str | Path) -> float:
     return json.loads(RunDir(Path(run)).summary.read_text())["final"]["top1"]
-
-
-def _stats(values: list[float]) -> dict[str, Any]:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": std, "values": values}
 
 
 def add_baselines(
@@ -48,14 +43,14 @@ def add_baselines(
                 )
             finals[name].append(summary["final"]["top1"])
             runs.setdefault(str(seed), {})[name] = str(run.path)
-    alone = _stats([_final(report["runs"][str(s)]["student"]) for s in seeds])
+    alone = seed_stats([_final(report["runs"][str(s)]["student"]) for s in seeds])
     rows: dict[str, Any] = {}
     kd = "kd" if "kd" in report.get("methods", {}) else None
     if kd:
-        rows["Standard"] = _stats([_final(report["runs"][str(s)]["kd-from-standard"]) for s in seeds])
-    rows.update({TITLES[name]: _stats(finals[name]) for name in baselines})
+        rows["Standard"] = seed_stats([_final(report["runs"][str(s)]["kd-from-standard"]) for s in seeds])
+    rows.update({TITLES[name]: seed_stats(finals[name]) for name in baselines})
     if kd:
-        rows["SFTN"] = _stats([_final(report["runs"][str(s)]["kd-from-sftn"]) for s in seeds])
+        rows["SFTN"] = seed_stats([_final(report["runs"][str(s)]["kd-from-sftn"]) for s in seeds])
     table = {
         "student_alone": alone,
         "rows": {title: {**stats, "delta": stats["mean"] - alone["mean"]} for title, stats in rows.items()},

@@ -351,7 +351,8 @@ def _fingerprint(path: Path) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns]
 
 
-def _stats(values: list[float]) -> dict[str, Any]:
+def seed_stats(values: list[float]) -> dict[str, Any]:
+    """Mean and sample std of one score over seeds, with the per-seed values (kept for paired differences)."""
     return {
         "mean": statistics.fmean(values),
         "std": statistics.stdev(values) if len(values) > 1 else 0.0,
@@ -361,7 +362,7 @@ def _stats(values: list[float]) -> dict[str, Any]:
 
 def paired_delta(standard: dict[str, Any], sftn: dict[str, Any]) -> dict[str, Any]:
     """SFTN minus standard seed by seed: its std is the seed spread a difference must beat."""
-    return _stats([b - a for a, b in zip(standard["values"], sftn["values"], strict=True)])
+    return seed_stats([b - a for a, b in zip(standard["values"], sftn["values"], strict=True)])
 
 
 def build_report(
@@ -386,7 +387,7 @@ def build_report(
     compared = [kind for kind in teachers if kind in DELTA_KEYS]
 
     def top1(key: str) -> dict[str, Any]:
-        return _stats([results[seed][key]["final"]["top1"] for seed in seeds])
+        return seed_stats([results[seed][key]["final"]["top1"] for seed in seeds])
 
     def finished(key: str) -> bool:
         return all("error" not in results[seed][key] for seed in seeds)
@@ -426,7 +427,7 @@ def build_report(
         rows[method] = row
         similarity_rows[method] = {
             kind: {
-                metric: _stats([results[seed][key]["similarity"][metric] for seed in seeds]) for metric in ("kl", "cka")
+                metric: seed_stats([results[seed][key]["similarity"][metric] for seed in seeds]) for metric in ("kl", "cka")
             }
             if finished(key)
             else None
@@ -450,7 +451,7 @@ def build_report(
         "metric": "final top-1 accuracy (%) on the eval split, mean and std over seeds",
         "teacher": {**teacher, **differences(teacher)},
         "teacher_seconds": {
-            kind: _stats([results[seed][kind]["wall_seconds"] for seed in seeds]) for kind in teachers
+            kind: seed_stats([results[seed][kind]["wall_seconds"] for seed in seeds]) for kind in teachers
         },
         "student_alone": top1("student"),
         "methods": rows,
